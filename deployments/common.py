@@ -1,0 +1,38 @@
+"""What every stage shares: batch settings from `user_config`, errors that cross process boundaries."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+log = logging.getLogger("gsv.deployments")
+
+
+@dataclass(frozen=True)
+class StageError:
+    """A request-level failure returned (not raised) by a stage, so it survives Ray's pickling
+    unchanged and the ingress can answer with a 4xx carrying `code` and `message`."""
+
+    code: str
+    message: str
+    status: int = 400
+
+
+def apply_batch_config(method: Any, config: dict[str, Any]) -> None:
+    """Set `max_batch_size` / `batch_wait_timeout_s` of a `@serve.batch` method from `user_config`."""
+    if "max_batch_size" in config:
+        method.set_max_batch_size(int(config["max_batch_size"]))
+    if "batch_wait_timeout_s" in config:
+        method.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def limit_threads(num_threads: int | None) -> None:
+    """Each replica gets its own small thread pool: Ray sets OMP threads from num_cpus, we make it explicit."""
+    if num_threads:
+        torch.set_num_threads(int(num_threads))

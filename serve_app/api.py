@@ -1,0 +1,311 @@
+"""HTTP API (FastAPI on Starlette). The only place that speaks HTTP and audio containers.
+
+`create_app(stages, store, settings)` builds the ASGI app; the Ray Serve ingress deployment
+(`serve_app.graph`) and the in-process test server (`serve_app.local`) both use it.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import secrets
+from typing import Any, AsyncIterator
+
+import numpy as np
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from models.audio import SAMPLE_RATE
+from models.pipeline import SynthesisSettings
+from models.t2s import SamplingParams
+from models.text.languages import SUPPORTED_LANGUAGES
+from serve_app import audio_io
+from serve_app.errors import ApiError, bad_request, not_found
+from serve_app.schemas import ErrorBody, SamplingFields, SpeechRequest, TTSRequest
+from serve_app.settings import Settings
+from serve_app.synthesis import PreparedSynthesis, Stages, SynthesisJob, prepare
+from deployments.voice_store import VoiceRecord, VoiceStore, VoiceStoreError
+
+log = logging.getLogger("gsv.api")
+
+OPENAI_MODEL_ALIASES = ("gpt-sovits", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+# upstream api_v2 media types -> our formats
+TTS_MEDIA_TYPES = {"wav": "wav", "raw": "pcm", "pcm": "pcm", "ogg": "ogg", "aac": "aac", "mp3": "mp3",
+                   "flac": "flac", "opus": "opus"}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "invalid request"},
+    404: {"model": ErrorBody, "description": "unknown voice or model"},
+    413: {"model": ErrorBody, "description": "request too large"},
+}
+
+
+def create_app(stages: Stages, store: VoiceStore, settings: Settings) -> FastAPI:
+    app = FastAPI(title="gsv-serve", version="0.1.0",
+                  description="GPT-SoVITS voices on Ray Serve: OpenAI-compatible speech, upstream /tts, voices.")
+    limits = settings.limits
+    model_id = settings.model.model_id
+
+    # ---------------------------------------------------------------------------------- errors
+    def upstream_dialect(request: Request) -> bool:
+        return request.url.path in ("/tts", "/")
+
+    def error_response(request: Request, error: ApiError) -> JSONResponse:
+        body = error.body()
+        if upstream_dialect(request):  # api_v2 clients read a top-level "message"
+            body["message"] = error.message
+        return JSONResponse(body, status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "form")]
+        param = ".".join(loc) or None
+        kind = first.get("type", "")
+        if kind == "extra_forbidden":
+            code, message = "unknown_field", f"unknown field {param!r}"
+        elif kind == "missing":
+            code, message = "missing_field", f"missing required field {param!r}"
+        elif kind in ("json_invalid", "model_attributes_type", "dict_type"):
+            code, message = "invalid_json", "the request body is not a valid JSON object"
+        else:
+            code, message = "invalid_value", f"{param or 'request'}: {first.get('msg', 'invalid value')}"
+        return error_response(request, ApiError(400, code, message, param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(request, ApiError(exc.status_code, code, str(exc.detail)))
+
+    @app.middleware("http")
+    async def _limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                return error_response(request, bad_request("invalid_content_length", "bad Content-Length header"))
+            if int(length) > limits.max_request_bytes:
+                return error_response(request, ApiError(
+                    413, "request_too_large", f"request body over {limits.max_request_bytes} bytes"))
+        return await call_next(request)
+
+    # ---------------------------------------------------------------------------------- health
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], responses={503: {"model": ErrorBody}})
+    async def readyz() -> JSONResponse:
+        if await stages.ready():
+            return JSONResponse({"status": "ready"})
+        return JSONResponse(ApiError(503, "not_ready", "stages are still loading").body(), status_code=503)
+
+    # ---------------------------------------------------------------------------------- models
+    @app.get("/v1/models", tags=["models"])
+    async def list_models() -> dict[str, Any]:
+        version = await stages.model_version(model_id)
+        return {"object": "list", "data": [
+            {"id": model_id, "object": "model", "owned_by": "gsv-serve", "version": version,
+             "demo": settings.model.is_demo}]}
+
+    # ---------------------------------------------------------------------------------- voices
+    @app.post("/v1/voices", tags=["voices"], status_code=201, responses=ERROR_RESPONSES)
+    async def create_voice(
+        file: UploadFile = File(..., description="reference clip, 3-10 s, wav/flac/ogg/mp3"),
+        transcript: str = Form(..., description="what the clip says"),
+        language: str = Form(..., description="language of the transcript"),
+        name: str = Form("", description="a unique name (defaults to the id)"),
+    ) -> dict[str, Any]:
+        transcript = transcript.strip()
+        if not transcript:
+            raise bad_request("empty_transcript", "transcript must not be empty", "transcript")
+        if len(transcript) > limits.max_transcript_chars:
+            raise bad_request("transcript_too_long", f"transcript over {limits.max_transcript_chars} characters",
+                              "transcript")
+        language = check_language(language, "language")
+        name = name.strip()
+        if len(name) > limits.max_voice_name_chars:
+            raise bad_request("name_too_long", f"name over {limits.max_voice_name_chars} characters", "name")
+        if name and store.name_taken(name):
+            raise ApiError(409, "voice_exists", f"a voice named {name!r} already exists", "name")
+        if len(store.list()) >= limits.max_voices:
+            raise ApiError(409, "too_many_voices", f"the server holds its maximum of {limits.max_voices} voices")
+        data = await file.read(limits.max_upload_bytes + 1)
+        try:
+            samples, sr = audio_io.decode_audio(data, max_bytes=limits.max_upload_bytes)
+            audio_io.validate_reference(samples, sr, limits.ref_min_seconds, limits.ref_max_seconds)
+        except audio_io.AudioInputError as exc:
+            raise bad_request(exc.code, exc.message, "file") from None
+        try:
+            record = store.create(name=name, transcript=transcript, language=language, model_id=model_id,
+                                  samples=samples, sample_rate=sr)
+            if not name:
+                record = record  # id doubles as the name
+        except VoiceStoreError as exc:
+            raise ApiError(507, "storage_unavailable", str(exc)) from None
+        return record.public() | {"name": record.name or record.id}
+
+    @app.get("/v1/voices", tags=["voices"])
+    async def list_voices() -> dict[str, Any]:
+        return {"object": "list", "data": [r.public() for r in store.list()]}
+
+    @app.get("/v1/voices/{voice_id}", tags=["voices"], responses=ERROR_RESPONSES)
+    async def get_voice(voice_id: str) -> dict[str, Any]:
+        return find_voice(voice_id).public()
+
+    @app.delete("/v1/voices/{voice_id}", tags=["voices"], responses=ERROR_RESPONSES)
+    async def delete_voice(voice_id: str) -> dict[str, Any]:
+        record = find_voice(voice_id)
+        try:
+            store.delete(record.id)
+        except VoiceStoreError as exc:
+            raise ApiError(507, "storage_unavailable", str(exc)) from None
+        await stages.forget_voice(record.id)
+        return {"id": record.id, "object": "voice", "deleted": True}
+
+    # ---------------------------------------------------------------------------------- speech
+    @app.post("/v1/audio/speech", tags=["speech"], responses=ERROR_RESPONSES | {
+        200: {"content": {f["mime"]: {} for f in audio_io.FORMATS.values()}, "description": "audio"}})
+    async def speech(body: SpeechRequest) -> Response:
+        if body.model not in OPENAI_MODEL_ALIASES and body.model != model_id:
+            raise ApiError(404, "unknown_model", f"unknown model {body.model!r}; see GET /v1/models", "model")
+        voice = find_voice(body.voice, param="voice")
+        language = check_language(body.language or settings.default_language, "language")
+        text = check_text(body.input, "input")
+        job = await make_job(voice, text, language, body, speed=body.speed,
+                             prompt_text=voice.transcript, prompt_language=voice.language)
+        prepared = await prepare_or_fail(job)
+        stream = body.stream or body.stream_format == "sse"
+        if body.stream_format == "sse":
+            return sse_response(prepared, body.response_format)
+        return await audio_response(prepared, body.response_format, stream)
+
+    async def tts_common(body: TTSRequest) -> Response:
+        voice_key = body.voice or voice_name_from_path(body.ref_audio_path)
+        if not voice_key:
+            raise bad_request("missing_voice", "give `voice` (a stored voice id or name)", "voice")
+        voice = find_voice(voice_key, param="voice")
+        language = check_language(body.text_lang, "text_lang")
+        text = check_text(body.text, "text")
+        prompt_text = body.prompt_text.strip() or voice.transcript
+        prompt_language = check_language(body.prompt_lang, "prompt_lang") if body.prompt_lang else voice.language
+        if body.prompt_text.strip() and not body.prompt_lang:
+            prompt_language = voice.language
+        mode = int(body.streaming_mode) if not isinstance(body.streaming_mode, bool) else int(body.streaming_mode)
+        if mode not in (0, 1, 2, 3):
+            raise bad_request("invalid_value", "streaming_mode must be 0, 1, 2, 3, true or false",
+                              "streaming_mode")
+        job = await make_job(voice, text, language, body, speed=body.speed_factor,
+                             prompt_text=prompt_text, prompt_language=prompt_language)
+        prepared = await prepare_or_fail(job)
+        return await audio_response(prepared, TTS_MEDIA_TYPES[body.media_type], stream=mode != 0)
+
+    @app.post("/tts", tags=["upstream api_v2"], responses=ERROR_RESPONSES)
+    async def tts_post(body: TTSRequest) -> Response:
+        return await tts_common(body)
+
+    @app.get("/tts", tags=["upstream api_v2"], responses=ERROR_RESPONSES)
+    async def tts_get(request: Request) -> Response:
+        params: dict[str, Any] = dict(request.query_params)
+        for key in ("text_lang", "prompt_lang"):
+            if key in params:
+                params[key] = params[key].lower()
+        try:
+            body = TTSRequest.model_validate(params)
+        except Exception as exc:  # pydantic.ValidationError
+            raise RequestValidationError(exc.errors(include_url=False)) from None  # type: ignore[attr-defined]
+        return await tts_common(body)
+
+    # ---------------------------------------------------------------------------------- helpers
+    def find_voice(key: str, param: str | None = None) -> VoiceRecord:
+        record = store.get(key)
+        if record is None:
+            raise ApiError(404, "voice_not_found", f"no voice {key!r}; see GET /v1/voices", param)
+        return record
+
+    def check_language(language: str, param: str) -> str:
+        code = (language or "").strip().lower()
+        if code not in SUPPORTED_LANGUAGES:
+            raise bad_request("unsupported_language",
+                              f"unsupported language {language!r}; use one of {', '.join(SUPPORTED_LANGUAGES)}",
+                              param)
+        return code
+
+    def check_text(text: str, param: str) -> str:
+        if not text or not text.strip():
+            raise bad_request("empty_text", "text must not be empty", param)
+        if len(text) > limits.max_text_chars:
+            raise bad_request("text_too_long", f"text is {len(text)} characters; the limit is {limits.max_text_chars}",
+                              param)
+        return text
+
+    async def make_job(voice: VoiceRecord, text: str, language: str, body: SamplingFields, speed: float,
+                       prompt_text: str, prompt_language: str) -> SynthesisJob:
+        seed = body.seed if body.seed >= 0 else secrets.randbits(31)
+        sampling = SamplingParams(top_k=body.top_k, top_p=body.top_p, temperature=body.temperature,
+                                  repetition_penalty=body.repetition_penalty)
+        synth = SynthesisSettings(sampling=sampling, text_split_method=body.text_split_method, speed=speed,
+                                  fragment_interval=body.fragment_interval, seed=seed)
+        version = await stages.model_version(voice.model_id)
+        return SynthesisJob(voice=voice, text=text, language=language, settings=synth, model_version=version,
+                            prompt_text=prompt_text, prompt_language=prompt_language)
+
+    async def prepare_or_fail(job: SynthesisJob) -> PreparedSynthesis:
+        prepared = await prepare(stages, job)
+        if not prepared.sentences:
+            raise bad_request("empty_text", "the text has nothing to speak (only punctuation or symbols)")
+        return prepared
+
+    def audio_headers(prepared: PreparedSynthesis) -> dict[str, str]:
+        return {"X-Model-Version": prepared.job.model_version, "X-Seed": str(prepared.job.settings.seed),
+                "X-Voice-Id": prepared.job.voice.id, "X-Sample-Rate": str(SAMPLE_RATE)}
+
+    async def audio_response(prepared: PreparedSynthesis, fmt: str, stream: bool) -> Response:
+        info = audio_io.FORMATS[fmt]
+        headers = audio_headers(prepared)
+        if not stream:
+            parts = [part async for part in prepared.fragments()]
+            samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+            return Response(audio_io.encode_audio(samples, SAMPLE_RATE, fmt), media_type=info["mime"],
+                            headers=headers)
+        return StreamingResponse(stream_bytes(prepared, fmt), media_type=info["mime"], headers=headers)
+
+    async def stream_bytes(prepared: PreparedSynthesis, fmt: str) -> AsyncIterator[bytes]:
+        encoder = audio_io.open_stream(fmt, SAMPLE_RATE)
+        head = encoder.header()
+        if head:
+            yield head
+        async for part in prepared.fragments():
+            chunk = encoder.feed(part)
+            if chunk:
+                yield chunk
+        tail = encoder.close()
+        if tail:
+            yield tail
+
+    def sse_response(prepared: PreparedSynthesis, fmt: str) -> StreamingResponse:
+        async def events() -> AsyncIterator[bytes]:
+            total = 0
+            async for chunk in stream_bytes(prepared, fmt):
+                total += len(chunk)
+                payload = {"type": "speech.audio.delta", "audio": base64.b64encode(chunk).decode()}
+                yield f"data: {json.dumps(payload)}\n\n".encode()
+            done = {"type": "speech.audio.done", "usage": {"input_tokens": len(prepared.job.text),
+                                                           "output_tokens": total, "total_tokens": total}}
+            yield f"data: {json.dumps(done)}\n\n".encode()
+        return StreamingResponse(events(), media_type="text/event-stream", headers=audio_headers(prepared))
+
+    return app
+
+
+def voice_name_from_path(path: str | None) -> str | None:
+    """`./参考音频/alice.wav` -> `alice`. The path itself is never opened."""
+    if not path:
+        return None
+    base = path.replace("\\", "/").rsplit("/", 1)[-1]
+    stem = base.rsplit(".", 1)[0] if "." in base else base
+    return stem.strip() or None

@@ -1,0 +1,126 @@
+"""`gsv-serve`: start the server on an embedded local Ray, or build the demo model.
+
+    gsv-serve serve [--config configs/cpu.yaml] [--host 127.0.0.1] [--port 8000] [--data-dir ./data]
+                    [--gpt X.ckpt --sovits Y.pth --hubert-dir DIR --bert-dir DIR]
+    gsv-serve config [same flags]      print the resolved Serve config (for `serve deploy`)
+    gsv-serve demo-assets DIR          write the demo model files
+
+`serve` applies the Serve config exactly as `serve run CONFIG` would (every deployment's resources,
+autoscaling and user_config), after filling in the command-line overrides.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cpu.yaml"
+log = logging.getLogger("gsv.cli")
+
+
+def load_config(args: argparse.Namespace) -> dict[str, Any]:
+    config = yaml.safe_load(Path(args.config).read_text("utf-8"))
+    http = config.setdefault("http_options", {})
+    if args.host:
+        http["host"] = args.host
+    if args.port:
+        http["port"] = args.port
+    app_args = config["applications"][0].setdefault("args", {})
+    model = app_args.setdefault("model", {})
+    for key in ("gpt", "sovits", "hubert_dir", "bert_dir"):
+        value = getattr(args, key)
+        if value:
+            model[key] = str(Path(value).expanduser().resolve())
+    if args.device:
+        app_args["device"] = args.device
+    data_dir = args.data_dir or os.environ.get("GSV_DATA_DIR") or app_args.get("data_dir", "./data")
+    app_args["data_dir"] = str(Path(data_dir).expanduser().resolve())
+    return config
+
+
+def serve_forever(config: dict[str, Any], num_cpus: float | None) -> None:
+    import ray
+    from ray import serve
+    from ray.serve._private import api as serve_api
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(config)
+    http = config.get("http_options", {})
+    host = http.get("host", "127.0.0.1")
+    # Build the demo model (if no checkpoints are configured) before Ray starts, with progress
+    # on this terminal; the app builder finds it ready.
+    from serve_app.model_files import ensure_demo_voice, resolve_model_paths
+    from serve_app.settings import Settings
+
+    settings = Settings.from_args(config["applications"][0].get("args"))
+    resolve_model_paths(settings)
+    ensure_demo_voice(settings)
+    if settings.model.is_demo:
+        print("gsv-serve: no checkpoints configured: serving the built-in DEMO model "
+              "(random weights, it speaks noise). Pass --gpt/--sovits/--hubert-dir/--bert-dir for a real voice.")
+
+    ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1"
+             if host in ("127.0.0.1", "localhost") else None, logging_level=logging.WARNING)
+    client = serve_api.serve_start(http_options=http, proxy_location=schema.proxy_location)
+    client.deploy_apps(schema, _blocking=False)
+    name = config["applications"][0]["name"]
+    url = f"http://{host}:{http.get('port', 8000)}"
+    print(f"gsv-serve: deploying application {name!r} ...", flush=True)
+    started = time.monotonic()
+    while True:
+        status = serve.status().applications.get(name)
+        if status is not None and status.status == "RUNNING":
+            break
+        if status is not None and status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            print(f"gsv-serve: deploy failed: {status.message}", file=sys.stderr)
+            raise SystemExit(1)
+        time.sleep(0.5)
+    print(f"gsv-serve: ready in {time.monotonic() - started:.1f} s at {url}  (docs: {url}/docs)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="gsv-serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("serve", "config"):
+        p = sub.add_parser(name)
+        p.add_argument("--config", default=str(DEFAULT_CONFIG), help="Serve config YAML (default: configs/cpu.yaml)")
+        p.add_argument("--host", default=None)
+        p.add_argument("--port", type=int, default=None)
+        p.add_argument("--data-dir", default=None, help="voices and the demo model (default ./data)")
+        p.add_argument("--gpt", default=None, help="upstream GPT .ckpt")
+        p.add_argument("--sovits", default=None, help="upstream SoVITS .pth")
+        p.add_argument("--hubert-dir", default=None, help="chinese-hubert-base folder")
+        p.add_argument("--bert-dir", default=None, help="chinese-roberta-wwm-ext-large folder")
+        p.add_argument("--device", default=None, help="cpu or cuda")
+        if name == "serve":
+            p.add_argument("--num-cpus", type=float, default=None, help="logical CPUs for the local Ray")
+    demo = sub.add_parser("demo-assets")
+    demo.add_argument("dest")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    if args.command == "demo-assets":
+        from models.demo import build_demo_assets
+
+        for key, value in build_demo_assets(Path(args.dest)).items():
+            print(f"{key}: {value}")
+    elif args.command == "config":
+        print(yaml.safe_dump(load_config(args), sort_keys=False, allow_unicode=True))
+    else:
+        serve_forever(load_config(args), args.num_cpus)
+
+
+if __name__ == "__main__":
+    main()

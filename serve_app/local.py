@@ -1,0 +1,82 @@
+"""In-process implementation of the stages over a `models.Pipeline` (no Ray).
+
+Used by fast API tests and by `gsv-serve serve --no-ray`. Model calls run in a worker thread,
+one at a time (a lock), so the event loop stays free for other requests.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+
+from deployments.voice_store import VoiceRecord, VoiceStore
+from models import audio
+from models.pipeline import (Pipeline, SynthesisSettings, TextFeatures, VoicePrompt, latent,
+                             prompt_text_for_frontend, reference_features, t2s_tokens, vocode)
+from serve_app.errors import ApiError
+
+
+def _as_api_error(exc: ValueError) -> ApiError:
+    return ApiError(400, getattr(exc, "code", "invalid_text"), str(exc))
+
+
+class LocalStages:
+    def __init__(self, pipeline: Pipeline, store: VoiceStore):
+        self.pipeline, self.store = pipeline, store
+        self.lock = threading.Lock()
+        self.prompts: dict[tuple, VoicePrompt] = {}
+
+    async def _run(self, fn, *args):
+        def locked():
+            with self.lock:
+                return fn(*args)
+        return await asyncio.to_thread(locked)
+
+    async def model_version(self, model_id: str) -> str:
+        return self.pipeline.model_version
+
+    async def sentences(self, text: str, language: str, method: str) -> list[str]:
+        try:
+            return await self._run(self.pipeline.sentences, text, language, method)
+        except ValueError as exc:
+            raise _as_api_error(exc) from None
+
+    async def text_features(self, text: str, language: str) -> TextFeatures:
+        try:
+            return await self._run(self.pipeline.text_features, text, language)
+        except ValueError as exc:
+            raise _as_api_error(exc) from None
+
+    async def voice_prompt(self, voice: VoiceRecord, prompt_text: str, prompt_language: str,
+                           model_version: str) -> VoicePrompt:
+        key = (voice.id, model_version, prompt_text, prompt_language)
+        if key not in self.prompts:
+            try:
+                samples, sr = self.store.reference_audio(voice.id)
+            except KeyError:
+                raise ApiError(404, "voice_not_found", f"no voice {voice.id!r}") from None
+            wav32k = audio.resample(samples, sr, audio.SAMPLE_RATE)
+            tokens, ge = await self._run(reference_features, self.pipeline.hubert, self.pipeline.sovits, wav32k)
+            text = await self.text_features(prompt_text_for_frontend(prompt_text, prompt_language), prompt_language)
+            self.prompts[key] = VoicePrompt(tokens, ge, text.phone_ids, text.bert, model_version)
+        return self.prompts[key]
+
+    async def t2s(self, prompt: VoicePrompt, target: TextFeatures, settings: SynthesisSettings, seed: int,
+                  model_version: str) -> np.ndarray:
+        return await self._run(t2s_tokens, self.pipeline.t2s, prompt, target, settings.sampling.with_seed(seed))
+
+    async def latent(self, codes: np.ndarray, target: TextFeatures, prompt: VoicePrompt,
+                     settings: SynthesisSettings, seed: int, model_version: str) -> np.ndarray:
+        return await self._run(latent, self.pipeline.sovits, codes, target.phone_ids, prompt.ge,
+                               settings.noise_scale, settings.speed, seed)
+
+    async def vocode(self, z: np.ndarray, prompt: VoicePrompt, model_version: str) -> np.ndarray:
+        return await self._run(vocode, self.pipeline.vocoder, z, prompt.ge)
+
+    async def forget_voice(self, voice_id: str) -> None:
+        for key in [k for k in self.prompts if k[0] == voice_id]:
+            del self.prompts[key]
+
+    async def ready(self) -> bool:
+        return True

@@ -1,0 +1,68 @@
+"""Server settings: the one place for limits and defaults.
+
+Settings come from the Serve config's application `args` (see configs/*.yaml), so `serve run`,
+`serve deploy` and `gsv-serve serve` all read the same structure.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_text_chars: int = 2000
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_request_bytes: int = 25 * 1024 * 1024
+    ref_min_seconds: float = 3.0
+    ref_max_seconds: float = 10.0
+    max_voices: int = 1000
+    max_transcript_chars: int = 500
+    max_voice_name_chars: int = 100
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where one voice model's files are. Empty `gpt`/`sovits` means: the built-in demo model."""
+
+    model_id: str = "default"
+    gpt: str = ""
+    sovits: str = ""
+    hubert_dir: str = ""
+    bert_dir: str = ""
+
+    @property
+    def is_demo(self) -> bool:
+        return not (self.gpt and self.sovits)
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: str = "./data"
+    model: ModelSpec = field(default_factory=ModelSpec)
+    limits: Limits = field(default_factory=Limits)
+    device: str = "cpu"
+    default_language: str = "auto"
+    stream_chunk_tokens: tuple[int, int] = (12, 48)  # first chunk small for TTFA, later ones larger
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any] | None) -> "Settings":
+        """Build from a plain dict (Serve config `args`), ignoring unknown keys only where named."""
+        args = dict(args or {})
+        model = ModelSpec(**(args.pop("model", None) or {}))
+        limits = Limits(**(args.pop("limits", None) or {}))
+        if "stream_chunk_tokens" in args:
+            args["stream_chunk_tokens"] = tuple(args["stream_chunk_tokens"])
+        known = {f.name for f in fields(cls)}
+        unknown = set(args) - known
+        if unknown:
+            raise ValueError(f"unknown settings: {sorted(unknown)}; known: {sorted(known)}")
+        data_dir = args.pop("data_dir", os.environ.get("GSV_DATA_DIR", cls.data_dir))
+        return cls(data_dir=str(Path(data_dir).expanduser().resolve()), model=model, limits=limits, **args)
+
+    def to_args(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["stream_chunk_tokens"] = list(self.stream_chunk_tokens)
+        return out

@@ -1,0 +1,88 @@
+"""One synthesis request, orchestrated over five stages.
+
+`Stages` is what the orchestration needs; `serve_app.graph.GraphStages` implements it with Ray
+Serve DeploymentHandles and `serve_app.local.LocalStages` with an in-process `models.Pipeline`.
+Both run the same stage functions from `models.pipeline`, so for the same request and seed the
+Serve graph returns the samples the in-process Pipeline returns.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, replace
+from typing import AsyncIterator, Protocol
+
+import numpy as np
+
+from models.pipeline import SynthesisSettings, TextFeatures, VoicePrompt, finish_fragment, sentence_seed
+from deployments.voice_store import VoiceRecord
+
+
+@dataclass(frozen=True)
+class SynthesisJob:
+    voice: VoiceRecord
+    text: str
+    language: str
+    settings: SynthesisSettings
+    model_version: str
+    prompt_text: str  # the reference transcript (the voice's own unless the request overrides it)
+    prompt_language: str
+
+
+class Stages(Protocol):
+    async def model_version(self, model_id: str) -> str: ...
+    async def sentences(self, text: str, language: str, method: str) -> list[str]: ...
+    async def text_features(self, text: str, language: str) -> TextFeatures: ...
+    async def voice_prompt(self, voice: VoiceRecord, prompt_text: str, prompt_language: str,
+                           model_version: str) -> VoicePrompt: ...
+    async def t2s(self, prompt: VoicePrompt, target: TextFeatures, settings: SynthesisSettings,
+                  seed: int, model_version: str) -> np.ndarray: ...
+    async def latent(self, codes: np.ndarray, target: TextFeatures, prompt: VoicePrompt,
+                     settings: SynthesisSettings, seed: int, model_version: str) -> np.ndarray: ...
+    async def vocode(self, z: np.ndarray, prompt: VoicePrompt, model_version: str) -> np.ndarray: ...
+    async def forget_voice(self, voice_id: str) -> None: ...
+    async def ready(self) -> bool: ...
+
+
+class PreparedSynthesis:
+    """A request whose sentences and voice prompt are ready: errors in those surface before any
+    audio byte is sent, so a streamed response can still answer with a clean 4xx."""
+
+    def __init__(self, stages: Stages, job: SynthesisJob, sentences: list[str], prompt: VoicePrompt):
+        self.stages, self.job, self.sentences, self.prompt = stages, job, sentences, prompt
+
+    async def fragments(self) -> AsyncIterator[np.ndarray]:
+        """Yield each sentence's finished audio (float32, 32 kHz, pause appended), in order.
+
+        T2S of sentence i+1 runs while SoVITS and the vocoder work on sentence i."""
+        job, stages = self.job, self.stages
+        features = await asyncio.gather(*(stages.text_features(s, job.language) for s in self.sentences))
+
+        def start_t2s(index: int) -> asyncio.Task:
+            seed = sentence_seed(job.settings.seed, index)
+            return asyncio.ensure_future(
+                stages.t2s(self.prompt, features[index], job.settings, seed, job.model_version))
+
+        pending = start_t2s(0)
+        try:
+            for index, target in enumerate(features):
+                codes = await pending
+                pending = start_t2s(index + 1) if index + 1 < len(features) else None
+                seed = sentence_seed(job.settings.seed, index)
+                z = await stages.latent(codes, target, self.prompt, job.settings, seed, job.model_version)
+                wav = await stages.vocode(z, self.prompt, job.model_version)
+                yield finish_fragment(wav, job.settings.fragment_interval)
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
+
+
+async def prepare(stages: Stages, job: SynthesisJob) -> PreparedSynthesis:
+    sentences, prompt = await asyncio.gather(
+        stages.sentences(job.text, job.language, job.settings.text_split_method),
+        stages.voice_prompt(job.voice, job.prompt_text, job.prompt_language, job.model_version),
+    )
+    return PreparedSynthesis(stages, job, sentences, prompt)
+
+
+def with_seed(settings: SynthesisSettings, seed: int) -> SynthesisSettings:
+    return replace(settings, seed=seed)

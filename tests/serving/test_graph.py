@@ -1,0 +1,133 @@
+"""The real Ray Serve graph on 127.0.0.1, driven over HTTP (one session-scoped Ray for all tests)."""
+from __future__ import annotations
+
+import copy
+import io
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import soundfile as sf
+import yaml
+
+from tests.serving.conftest import wav_bytes
+
+pytestmark = pytest.mark.ray
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    """Deploy configs/cpu.yaml (demo model, temp data dir) exactly as `gsv-serve serve` does."""
+    import ray
+    from ray import serve
+    from ray.serve._private import api as serve_api
+    from ray.serve.schema import ServeDeploySchema
+
+    data_dir = tmp_path_factory.mktemp("served-data")
+    port = free_port()
+    config = yaml.safe_load((REPO / "configs" / "cpu.yaml").read_text())
+    config["http_options"].update(host="127.0.0.1", port=port)
+    config["applications"][0]["args"]["data_dir"] = str(data_dir)
+    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    client = serve_api.serve_start(http_options=config["http_options"], proxy_location="HeadOnly")
+    client.deploy_apps(ServeDeploySchema.model_validate(config), _blocking=False)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        status = serve.status().applications.get("gsv")
+        if status is not None and status.status == "RUNNING":
+            break
+        assert status is None or status.status not in ("DEPLOY_FAILED",), status.message
+        time.sleep(1)
+    else:
+        pytest.fail("the Serve application did not become RUNNING in 240 s")
+    yield {"url": f"http://127.0.0.1:{port}", "data_dir": data_dir, "config": config}
+    serve.shutdown()
+    ray.shutdown()
+
+
+def speak(url: str, **overrides) -> requests.Response:
+    body = {"model": "tts-1", "input": "Good morning, how are you today?", "voice": "demo",
+            "response_format": "pcm", "language": "en", "seed": 5} | overrides
+    return requests.post(f"{url}/v1/audio/speech", json=body, timeout=120)
+
+
+def test_ready_and_healthy(served):
+    assert requests.get(served["url"] + "/healthz", timeout=10).json() == {"status": "ok"}
+    assert requests.get(served["url"] + "/readyz", timeout=10).status_code == 200
+
+
+def test_graph_returns_the_pipeline_samples(served):
+    """Same request and seed: the Serve graph gives exactly the in-process Pipeline's samples."""
+    from models.pipeline import ModelPaths, Pipeline, SynthesisSettings, load_reference_wav, to_int16
+    from models.t2s import SamplingParams
+    from serve_app.model_files import resolve_model_paths
+    from serve_app.settings import Settings
+
+    response = speak(served["url"])
+    assert response.status_code == 200, response.text
+    got = np.frombuffer(response.content, dtype="<i2")
+
+    settings = Settings.from_args(copy.deepcopy(served["config"]["applications"][0]["args"]))
+    paths: ModelPaths = resolve_model_paths(settings)
+    assert response.headers["x-model-version"] == paths.version()
+    from deployments.voice_store import VoiceStore
+
+    store = VoiceStore(settings.data_dir)
+    voice = store.get("demo")
+    samples, sr = store.reference_audio("demo")
+    from models import audio
+
+    pipeline = Pipeline(paths)
+    prompt = pipeline.voice_prompt(audio.resample(samples, sr, audio.SAMPLE_RATE), voice.transcript, voice.language)
+    want = to_int16(pipeline.synthesize(prompt, "Good morning, how are you today?", "en",
+                                        SynthesisSettings(sampling=SamplingParams(), seed=5)))
+    assert got.shape == want.shape
+    assert np.array_equal(got, want)
+
+
+def test_openai_client_works_unchanged(served):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=served["url"] + "/v1", api_key="unused")
+    result = client.audio.speech.create(model="tts-1", voice="demo", input="Hello from the openai client.",
+                                        response_format="wav", extra_body={"language": "en"})
+    samples, sr = sf.read(io.BytesIO(result.content))
+    assert sr == 32000 and len(samples) > 0
+
+
+def test_streamed_wav_over_http(served):
+    with requests.post(served["url"] + "/v1/audio/speech", stream=True, timeout=120, json={
+            "input": "First sentence. Second sentence.", "voice": "demo", "response_format": "wav",
+            "language": "en", "stream": True}) as response:
+        assert response.status_code == 200
+        body = b"".join(response.iter_content(4096))
+    samples, sr = sf.read(io.BytesIO(body))
+    assert sr == 32000 and len(samples) > 32000 * 0.6
+
+
+def test_voice_upload_speak_delete(served):
+    url = served["url"]
+    created = requests.post(url + "/v1/voices", files={"file": ("r.wav", wav_bytes(4.0))},
+                            data={"transcript": "Hello world, this is a test.", "language": "en"}, timeout=60)
+    assert created.status_code == 201, created.text
+    voice_id = created.json()["id"]
+    assert speak(url, voice=voice_id).status_code == 200
+    assert requests.delete(f"{url}/v1/voices/{voice_id}", timeout=30).status_code == 200
+    response = speak(url, voice=voice_id)
+    assert response.status_code == 404 and response.json()["error"]["code"] == "voice_not_found"
+
+
+def test_bad_input_through_the_graph_is_a_clean_4xx(served):
+    response = speak(served["url"], language="xx")
+    assert response.status_code == 400 and response.json()["error"]["code"] == "unsupported_language"

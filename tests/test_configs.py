@@ -1,0 +1,32 @@
+"""The shipped Serve configs are valid for Ray's own schema and name every deployment of the graph."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+STAGES = {"Ingress", "Frontend", "SpeakerCache", "GPT", "SoVITS", "Vocoder"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_validates_against_ray_schema(path):
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    app = schema.applications[0]
+    assert app.import_path == "serve_app.graph:build_app"
+    assert {d.name for d in app.deployments} == STAGES
+
+
+def test_gpu_profile_packs_three_model_stages_on_one_gpu():
+    config = yaml.safe_load((CONFIGS[0].parent / "gpu.yaml").read_text())
+    gpus = {d["name"]: d["ray_actor_options"].get("num_gpus", 0) for d in config["applications"][0]["deployments"]}
+    assert 0 < gpus["GPT"] + gpus["SoVITS"] + gpus["Vocoder"] <= 1.0
+
+
+def test_settings_in_configs_are_known():
+    from serve_app.settings import Settings
+
+    for path in CONFIGS:
+        Settings.from_args(yaml.safe_load(path.read_text())["applications"][0]["args"])
