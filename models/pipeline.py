@@ -124,13 +124,34 @@ def t2s_tokens(model: Text2Semantic, prompt: VoicePrompt, target: TextFeatures, 
     return upstream_sovits_codes(result).cpu().numpy().astype(np.int64)
 
 
+NOISE_BLOCK_FRAMES = 256
+
+
+def latent_frames(n_codes: int, speed: float) -> int:
+    """SoVITS latent frames for `n_codes` semantic tokens (50 Hz; stretched by 1/speed)."""
+    return 2 * n_codes if speed == 1.0 else int(2 * n_codes / speed) + 1
+
+
+def frame_noise(seed: int, channels: int, frames: int) -> torch.Tensor:
+    """The flow's Gaussian noise for frames [0, frames), drawn in fixed blocks of frames, each from
+    its own seed: frame i gets the same noise however long the sequence is, so a streamed prefix
+    decode and the whole-sentence decode see identical noise."""
+    blocks = []
+    for block in range((frames + NOISE_BLOCK_FRAMES - 1) // NOISE_BLOCK_FRAMES):
+        generator = torch.Generator().manual_seed(sentence_seed(seed, 1_000_000 + block))
+        blocks.append(torch.randn(channels, NOISE_BLOCK_FRAMES, generator=generator))
+    return torch.cat(blocks, dim=1)[None, :, :frames]
+
+
 def latent(sovits: SoVITS, codes: np.ndarray, phone_ids: np.ndarray, ge: np.ndarray,
            noise_scale: float, speed: float, seed: int) -> np.ndarray:
-    """SoVITS tokens -> latent frames [1, inter, F] (the flow's output), seeded noise."""
-    generator = torch.Generator().manual_seed(seed)
+    """SoVITS tokens -> latent frames [1, inter, F] (the flow's output), with seeded noise."""
+    noise = None
+    if noise_scale != 0:
+        noise = frame_noise(seed, sovits.config.inter_channels, latent_frames(len(codes), speed))
     with torch.inference_mode():
         z = sovits.decode_latent(torch.from_numpy(codes), torch.from_numpy(phone_ids), torch.from_numpy(ge),
-                                 noise_scale=noise_scale, speed=speed, generator=generator)
+                                 noise_scale=noise_scale, speed=speed, noise=noise)
     return z.float().cpu().numpy()
 
 

@@ -136,7 +136,8 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings) -> FastAPI
             raise ApiError(409, "too_many_voices", f"the server holds its maximum of {limits.max_voices} voices")
         data = await file.read(limits.max_upload_bytes + 1)
         try:
-            samples, sr = audio_io.decode_audio(data, max_bytes=limits.max_upload_bytes)
+            samples, sr = audio_io.decode_audio(data, max_bytes=limits.max_upload_bytes,
+                                                max_seconds=3 * limits.ref_max_seconds)
             audio_io.validate_reference(samples, sr, limits.ref_min_seconds, limits.ref_max_seconds)
         except audio_io.AudioInputError as exc:
             raise bad_request(exc.code, exc.message, "file") from None
@@ -169,7 +170,7 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings) -> FastAPI
 
     # ---------------------------------------------------------------------------------- speech
     @app.post("/v1/audio/speech", tags=["speech"], responses=ERROR_RESPONSES | {
-        200: {"content": {f["mime"]: {} for f in audio_io.FORMATS.values()}, "description": "audio"}})
+        200: {"content": {f.media_type: {} for f in audio_io.FORMATS.values()}, "description": "audio"}})
     async def speech(body: SpeechRequest) -> Response:
         if body.model not in OPENAI_MODEL_ALIASES and body.model != model_id:
             raise ApiError(404, "unknown_model", f"unknown model {body.model!r}; see GET /v1/models", "model")
@@ -270,9 +271,9 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings) -> FastAPI
         if not stream:
             parts = [part async for part in prepared.fragments()]
             samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-            return Response(audio_io.encode_audio(samples, SAMPLE_RATE, fmt), media_type=info["mime"],
+            return Response(audio_io.encode_audio(samples, SAMPLE_RATE, fmt), media_type=info.media_type,
                             headers=headers)
-        return StreamingResponse(stream_bytes(prepared, fmt), media_type=info["mime"], headers=headers)
+        return StreamingResponse(stream_bytes(prepared, fmt), media_type=info.media_type, headers=headers)
 
     async def stream_bytes(prepared: PreparedSynthesis, fmt: str) -> AsyncIterator[bytes]:
         encoder = audio_io.open_stream(fmt, SAMPLE_RATE)
