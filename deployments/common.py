@@ -20,6 +20,18 @@ class StageError:
     status: int = 400
 
 
+def text_error(exc: ValueError) -> StageError:
+    """A frontend ValueError -> the API's stable error code (the one mapping, used by every stage)."""
+    from models.text.frontend import UnsupportedLanguageError
+    from models.text.split import EmptyTextError
+
+    if isinstance(exc, EmptyTextError):
+        return StageError("empty_text", str(exc) or "the text has nothing to speak")
+    if isinstance(exc, UnsupportedLanguageError):
+        return StageError("unsupported_language", str(exc))
+    return StageError("invalid_text", str(exc))
+
+
 def apply_batch_config(method: Any, config: dict[str, Any]) -> None:
     """Set `max_batch_size` / `batch_wait_timeout_s` of a `@serve.batch` method from `user_config`."""
     if "max_batch_size" in config:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from deployments.common import StageError, apply_batch_config, limit_threads
+from deployments.common import StageError, apply_batch_config, limit_threads, text_error
 from models.pipeline import ModelPaths, TextFeatures, prompt_text_for_frontend
 from models.text.frontend import TextFrontend
 
@@ -25,7 +25,7 @@ class FrontendDeployment:
         try:
             return await asyncio.to_thread(self.frontend.split_sentences, text, language, method)
         except ValueError as exc:
-            return StageError(getattr(exc, "code", "invalid_text"), str(exc))
+            return text_error(exc)
 
     async def prompt_features(self, text: str, language: str) -> TextFeatures | StageError:
         return await self.text_features((prompt_text_for_frontend(text, language), language))
@@ -44,7 +44,7 @@ class FrontendDeployment:
             try:
                 out.append(_features(self.frontend.process_batch([item])[0]))
             except ValueError as exc:
-                out.append(StageError(getattr(exc, "code", "invalid_text"), str(exc)))
+                out.append(text_error(exc))
         return out
 
 

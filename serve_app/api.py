@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from models.audio import SAMPLE_RATE
 from models.pipeline import SynthesisSettings
 from models.t2s import SamplingParams
-from models.text.languages import SUPPORTED_LANGUAGES
+from models.text.frontend import SUPPORTED_LANGUAGES
 from serve_app import audio_io
 from serve_app.errors import ApiError, bad_request, not_found
 from serve_app.schemas import ErrorBody, SamplingFields, SpeechRequest, TTSRequest

@@ -10,6 +10,7 @@ import threading
 
 import numpy as np
 
+from deployments.common import text_error
 from deployments.voice_store import VoiceRecord, VoiceStore
 from models import audio
 from models.pipeline import (Pipeline, SynthesisSettings, TextFeatures, VoicePrompt, latent,
@@ -18,7 +19,8 @@ from serve_app.errors import ApiError
 
 
 def _as_api_error(exc: ValueError) -> ApiError:
-    return ApiError(400, getattr(exc, "code", "invalid_text"), str(exc))
+    error = text_error(exc)
+    return ApiError(error.status, error.code, error.message)
 
 
 class LocalStages:
