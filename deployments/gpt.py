@@ -21,7 +21,7 @@ from ray import serve
 
 from deployments.common import StageError, limit_threads, torch_dtype
 from models.pipeline import ModelPaths, TextFeatures, VoicePrompt
-from models.t2s import SamplingParams, T2SEngine, Text2Semantic, handoff_codes
+from models.t2s import GenerationResult, SamplingParams, T2SEngine, Text2Semantic, upstream_sovits_codes
 
 log = logging.getLogger("gsv.gpt")
 
@@ -35,13 +35,14 @@ class _Active:
 @serve.deployment(name="GPT", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
 class GPTDeployment:
     def __init__(self, paths: ModelPaths, device: str = "cpu", dtype: str = "float32",
-                 num_threads: int | None = None, max_batch: int = 16, max_queued: int = 256):
+                 num_threads: int | None = None, max_batch: int = 8, max_seq: int = 2560,
+                 max_queued: int = 256):
         limit_threads(num_threads)
         self.model_version = paths.version()
         self.model = Text2Semantic.from_checkpoint(paths.gpt, device=device, dtype=torch_dtype(dtype))
         self.max_batch = max_batch
         self.max_queued = max_queued
-        self.engine = T2SEngine(self.model, max_batch=max_batch)
+        self.engine = T2SEngine(self.model, max_batch=max_batch, max_seq=max_seq)
         self.waiting: asyncio.Queue = asyncio.Queue()
         self.active: dict[int, _Active] = {}
         self.ids = itertools.count()
@@ -65,7 +66,8 @@ class GPTDeployment:
                 return chunk
             tokens.extend(chunk)
             reason = stop_reason or reason
-        return handoff_codes(tokens, reason)
+        result = GenerationResult(torch.tensor(tokens, dtype=torch.long), reason, len(prompt.prompt_tokens))
+        return upstream_sovits_codes(result).numpy()
 
     async def generate_stream(self, prompt: VoicePrompt, target: TextFeatures, params: SamplingParams,
                               first_chunk: int, chunk: int) -> AsyncIterator[np.ndarray | StageError]:
@@ -118,15 +120,26 @@ class GPTDeployment:
             self.loop_task = asyncio.get_running_loop().create_task(self._loop())
 
     async def _loop(self) -> None:
+        try:
+            await self._decode_steps()
+        except BaseException as exc:  # a broken loop must fail its requests, never strand them
+            log.exception("decode loop failed")
+            for state in self.active.values():
+                state.queue.put_nowait((exc, None))
+            raise
+
+    async def _decode_steps(self) -> None:
         while True:
             while self.to_cancel:
                 self.engine.cancel(self.to_cancel.pop())
             admitted = []
-            while self.engine.free_slots() > 0 and not self.waiting.empty():
+            while self.engine.free_slots > 0 and not self.waiting.empty():
                 admitted.append(self.waiting.get_nowait())
             if admitted:
-                await asyncio.to_thread(self._admit, admitted)
-            if self.engine.num_active() == 0:
+                for request_id, error in await asyncio.to_thread(self._admit, admitted):
+                    if request_id in self.active:
+                        self.active[request_id].queue.put_nowait(error)
+            if self.engine.num_active == 0:
                 if self.waiting.empty():
                     return
                 continue
@@ -138,13 +151,20 @@ class GPTDeployment:
                 token = [] if out.token is None else [int(out.token)]
                 state.queue.put_nowait((token, out.reason if out.finished else None))
 
-    def _admit(self, admitted: list[tuple]) -> None:
+    def _admit(self, admitted: list[tuple]) -> list[tuple[int, tuple]]:
+        """Prefill new requests (worker thread). Returns per-request failures for the loop to deliver:
+        asyncio queues must only be touched from the event loop thread."""
+        failures = []
         for request_id, phones, bert, prompt_tokens, params in admitted:
             if request_id not in self.active:
                 continue  # cancelled while waiting
             try:
                 self.engine.add(request_id, torch.from_numpy(phones), torch.from_numpy(bert),
                                 torch.from_numpy(prompt_tokens), params)
+            except ValueError as exc:  # e.g. a sentence longer than the cache: that request only
+                error = StageError("sentence_too_long", f"a sentence is too long to synthesise: {exc}")
+                failures.append((request_id, (error, "error")))
             except Exception as exc:  # noqa: BLE001 - reported to that request only
                 log.exception("prefill failed")
-                self.active[request_id].queue.put_nowait((exc, None))
+                failures.append((request_id, (exc, None)))
+        return failures

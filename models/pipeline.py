@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from models import audio
+from models.audio import to_int16  # noqa: F401  (re-exported: the Pipeline's final conversion)
 from models.hubert import HubertFeatures
 from models.sovits import SoVITS
 from models.t2s import SamplingParams, Text2Semantic, generate, upstream_sovits_codes
@@ -169,14 +170,6 @@ def finish_fragment(wav: np.ndarray, fragment_interval: float) -> np.ndarray:
         wav = wav / peak
     pause = np.zeros(int(audio.SAMPLE_RATE * fragment_interval), dtype=np.float32)
     return np.concatenate([wav.astype(np.float32), pause])
-
-
-def to_int16(wav: np.ndarray) -> np.ndarray:
-    """Upstream's final conversion: `(x * 32768).astype(int16)` (truncation toward zero).
-
-    Upstream does not clip, so +1.0 wraps; we clip first (the only deliberate deviation, and it
-    only touches samples that would otherwise overflow)."""
-    return np.clip(wav * 32768.0, -32768, 32767).astype(np.int16)
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Output side: the model produces 32 kHz mono float32 in [-1, 1]. `FORMATS` is the
 says, per output format, its MIME type, file extension, whether it can be streamed, and which
 encoder makes it. `encode_audio` makes a whole file; `open_stream` returns a `StreamEncoder` that
 turns chunks into bytes as they arrive, with one codec context per stream (never one file per
-chunk). Every format is quantized to int16 (clip + round) first, so all formats carry the same
+chunk). Every format is quantized to int16 (upstream's x*32768, clipped, truncated) first, so all formats carry the same
 samples a WAV would.
 
 Input side: `decode_audio` turns user-uploaded bytes into mono float32 + sample rate, in memory
@@ -25,6 +25,8 @@ from typing import Callable
 
 import av
 import numpy as np
+
+from models.audio import to_int16
 import soundfile as sf
 import soxr
 
@@ -86,16 +88,15 @@ def _as_mono_float32(samples) -> np.ndarray:
     if x.ndim != 1:
         raise ValueError(f"expected 1-D mono samples, got shape {x.shape}")
     if x.dtype == np.int16:  # already quantized: keep the exact values
-        return x.astype(np.float32) / 32767.0
+        return x.astype(np.float32) / 32768.0
     if not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"expected float samples in [-1, 1], got dtype {x.dtype}")
     return x.astype(np.float32, copy=False)
 
 
 def _to_int16(x: np.ndarray) -> np.ndarray:
-    """float in [-1, 1] -> int16 with rounding and clipping (NaN becomes 0 rather than garbage)."""
-    y = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0) * 32767.0
-    return np.clip(np.rint(y), -32768, 32767).astype(np.int16)
+    """float in [-1, 1] -> int16 exactly as upstream serves it (`models.audio.to_int16`)."""
+    return to_int16(x)
 
 
 # --------------------------------------------------------------------------------------------

@@ -131,10 +131,10 @@ def test_encode_whole_file_decodes_back(fmt):
     check_roundtrip(fmt, encode_audio(x, SR, fmt), x, streamed=False)
 
 
-def test_int16_conversion_rounds_and_clips():
-    x = np.array([0.0, 0.5, 1.0, 1.5, -1.5, -1.0, np.nan, 1e-5], np.float32)
+def test_int16_conversion_is_upstreams_truncation_with_clipping():
+    x = np.array([0.0, 0.5, 1.0, 1.5, -1.5, -1.0, np.nan, 1e-5, 0.99999, -0.00004], np.float32)
     pcm = np.frombuffer(encode_audio(x, SR, "pcm"), "<i2")
-    assert pcm.tolist() == [0, 16384, 32767, 32767, -32768, -32767, 0, 0]
+    assert pcm.tolist() == [0, 16384, 32767, 32767, -32768, -32768, 0, 0, 32767, -1]
 
 
 def test_whole_wav_header_has_exact_sizes():

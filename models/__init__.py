@@ -1,0 +1,1 @@
+"""Plain-PyTorch model code for gsv-serve (no Ray, no HTTP)."""
