@@ -40,6 +40,14 @@ def apply_batch_config(method: Any, config: dict[str, Any]) -> None:
         method.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
 
 
+def resolve_device(requested: str) -> str:
+    """`cuda` where this replica has a GPU, else `cpu`: the same settings serve stages that the
+    Serve config places on GPUs and stages it keeps on CPUs (num_gpus 0)."""
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        return "cpu"
+    return requested
+
+
 def torch_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from deployments.common import StageError, apply_batch_config, limit_threads, text_error
+from deployments.common import StageError, apply_batch_config, limit_threads, resolve_device, text_error
 from models.pipeline import ModelPaths, TextFeatures, prompt_text_for_frontend
 from models.text.frontend import TextFrontend
 
@@ -16,6 +16,7 @@ from models.text.frontend import TextFrontend
 class FrontendDeployment:
     def __init__(self, paths: ModelPaths, device: str = "cpu", num_threads: int | None = None):
         limit_threads(num_threads)
+        device = resolve_device(device)
         self.frontend = TextFrontend(paths.bert_dir, device=device)
 
     def reconfigure(self, config: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from ray import serve
 
-from deployments.common import StageError, limit_threads, torch_dtype
+from deployments.common import StageError, limit_threads, resolve_device, torch_dtype
 from models.pipeline import ModelPaths, TextFeatures, VoicePrompt
 from models.t2s import GenerationResult, SamplingParams, T2SEngine, Text2Semantic, upstream_sovits_codes
 
@@ -38,6 +38,7 @@ class GPTDeployment:
                  num_threads: int | None = None, max_batch: int = 8, max_seq: int = 2560,
                  max_queued: int = 256):
         limit_threads(num_threads)
+        device = resolve_device(device)
         self.model_version = paths.version()
         self.model = Text2Semantic.from_checkpoint(paths.gpt, device=device, dtype=torch_dtype(dtype))
         self.max_batch = max_batch

@@ -14,7 +14,7 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.common import StageError, limit_threads, torch_dtype
+from deployments.common import StageError, limit_threads, resolve_device, torch_dtype
 from deployments.voice_store import VoiceStore
 from models import audio
 from models.hubert import HubertFeatures
@@ -30,6 +30,7 @@ class SpeakerCacheDeployment:
                  dtype: str = "float32", num_threads: int | None = None, max_entries: int = 256,
                  ttl_s: float = 3600.0):
         limit_threads(num_threads)
+        device = resolve_device(device)
         self.model_version = paths.version()
         self.store = VoiceStore(data_dir)
         self.frontend = frontend

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from deployments.common import apply_batch_config, limit_threads, torch_dtype
+from deployments.common import apply_batch_config, limit_threads, resolve_device, torch_dtype
 from models.pipeline import ModelPaths, vocode
 from models.vocoder import Vocoder
 
@@ -17,6 +17,7 @@ class VocoderDeployment:
     def __init__(self, paths: ModelPaths, device: str = "cpu", dtype: str = "float32",
                  num_threads: int | None = None):
         limit_threads(num_threads)
+        device = resolve_device(device)
         self.model = Vocoder.from_checkpoint(paths.sovits, device=device, dtype=torch_dtype(dtype))
 
     def reconfigure(self, config: dict[str, Any]) -> None:

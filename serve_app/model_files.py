@@ -45,7 +45,9 @@ def resolve_model_paths(settings: Settings) -> ModelPaths:
 
 
 def ensure_demo_voice(settings: Settings) -> None:
-    """Register the built-in `demo` voice (a synthetic reference clip) if it is not there yet."""
+    """On the demo model, register the built-in `demo` voice (a synthetic reference clip) once."""
+    if not settings.model.is_demo:
+        return  # a synthetic tone makes no sense as a reference for a real voice model
     store = VoiceStore(settings.data_dir)
     if store.get(DEMO_VOICE_ID) is not None:
         return
