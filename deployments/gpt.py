@@ -20,7 +20,7 @@ import torch
 from ray import serve
 
 from deployments.common import StageError, limit_threads, resolve_device, torch_dtype
-from models.pipeline import ModelPaths, TextFeatures, VoicePrompt
+from models.pipeline import ModelPaths, TextFeatures, VoicePrompt, t2s_inputs
 from models.t2s import GenerationResult, SamplingParams, T2SEngine, Text2Semantic, upstream_sovits_codes
 
 log = logging.getLogger("gsv.gpt")
@@ -97,8 +97,7 @@ class GPTDeployment:
         request_id = next(self.ids)
         state = _Active()
         self.active[request_id] = state
-        phones = np.concatenate([prompt.prompt_phones, target.phone_ids])
-        bert = np.concatenate([prompt.prompt_bert, target.bert], axis=1)
+        phones, bert = t2s_inputs(prompt, target)
         await self.waiting.put((request_id, phones, bert, prompt.prompt_tokens, params))
         self._ensure_loop()
         finished = False

@@ -22,7 +22,8 @@ from models import audio
 from models.audio import to_int16  # noqa: F401  (re-exported: the Pipeline's final conversion)
 from models.hubert import HubertFeatures
 from models.sovits import SoVITS
-from models.t2s import SamplingParams, Text2Semantic, generate, upstream_sovits_codes
+from models.streaming import StreamingConfig, run_sentence
+from models.t2s import SamplingParams, Text2Semantic, generate, generate_stream, upstream_sovits_codes
 from models.text.frontend import TextFrontend
 from models.text.split import SPLITS
 from models.vocoder import Vocoder
@@ -116,10 +117,15 @@ def reference_features(hubert: HubertFeatures, sovits: SoVITS, wav32k: np.ndarra
     return tokens.cpu().numpy().astype(np.int64), ge.float().cpu().numpy()
 
 
+def t2s_inputs(prompt: VoicePrompt, target: TextFeatures) -> tuple[np.ndarray, np.ndarray]:
+    """T2S conditioning: the transcript's phones and BERT rows followed by the sentence's."""
+    return (np.concatenate([prompt.prompt_phones, target.phone_ids]),
+            np.concatenate([prompt.prompt_bert, target.bert], axis=1))
+
+
 def t2s_tokens(model: Text2Semantic, prompt: VoicePrompt, target: TextFeatures, params: SamplingParams) -> np.ndarray:
     """Semantic tokens for one sentence, as upstream hands them to SoVITS."""
-    phones = np.concatenate([prompt.prompt_phones, target.phone_ids])
-    bert = np.concatenate([prompt.prompt_bert, target.bert], axis=1)
+    phones, bert = t2s_inputs(prompt, target)
     result = generate(model, torch.from_numpy(phones), torch.from_numpy(bert),
                       torch.from_numpy(prompt.prompt_tokens), params)
     return upstream_sovits_codes(result).cpu().numpy().astype(np.int64)
@@ -204,8 +210,7 @@ class Pipeline:
             seed = sentence_seed(settings.seed, index)
             target = self.text_features(sentence, lang)
             params = settings.sampling.with_seed(seed)
-            phones = np.concatenate([prompt.prompt_phones, target.phone_ids])
-            bert = np.concatenate([prompt.prompt_bert, target.bert], axis=1)
+            phones, bert = t2s_inputs(prompt, target)
             result = generate(self.t2s, torch.from_numpy(phones), torch.from_numpy(bert),
                               torch.from_numpy(prompt.prompt_tokens), params)
             codes = upstream_sovits_codes(result).cpu().numpy().astype(np.int64)
@@ -219,6 +224,26 @@ class Pipeline:
         """Yield one finished fragment (sentence audio + pause) per sentence, float32 32 kHz."""
         for step in self.trace(prompt, text, lang, settings):
             yield finish_fragment(step["wav"], settings.fragment_interval)
+
+    def synthesize_streaming(self, prompt: VoicePrompt, text: str, lang: str, settings: SynthesisSettings,
+                             config: StreamingConfig | None = None) -> Iterator[np.ndarray]:
+        """Token-chunk streaming: T2S yields chunks, each becomes audio as soon as it is stable
+        (see models/streaming.py); after each sentence its pause. The reference for the Serve
+        graph's streamed responses."""
+        config = config or StreamingConfig()
+        for index, sentence in enumerate(self.sentences(text, lang, settings.text_split_method)):
+            seed = sentence_seed(settings.seed, index)
+            target = self.text_features(sentence, lang)
+            phones, bert = t2s_inputs(prompt, target)
+            chunks = (c.numpy() for c in generate_stream(
+                self.t2s, torch.from_numpy(phones), torch.from_numpy(bert), torch.from_numpy(prompt.prompt_tokens),
+                settings.sampling.with_seed(seed), chunk_sizes=config.chunk_sizes()))
+            yield from run_sentence(
+                chunks,
+                lambda tokens: latent(self.sovits, tokens, target.phone_ids, prompt.ge, settings.noise_scale,
+                                      settings.speed, seed),
+                lambda z: vocode(self.vocoder, z, prompt.ge), config, settings.speed)
+            yield np.zeros(int(audio.SAMPLE_RATE * settings.fragment_interval), dtype=np.float32)
 
     def synthesize(self, prompt: VoicePrompt, text: str, lang: str, settings: SynthesisSettings) -> np.ndarray:
         parts = list(self.synthesize_stream(prompt, text, lang, settings))

@@ -19,7 +19,7 @@ logic runs in-process (`Pipeline`) and across Ray Serve deployments (the ingress
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -46,53 +46,90 @@ def _fade_curves(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.cos(t * np.pi / 2).astype(np.float32), np.sin(t * np.pi / 2).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class VocoderWindow:
+    start: int  # first latent frame fed to the vocoder (left context included)
+    stop: int  # one past the last frame fed
+    end: int  # frames up to here are handed out now
+    emitted_frames: int  # frames handed out before this window
+
+
 @dataclass
 class SentenceStream:
-    """Feed token chunks with `push`, finish with `finish`; each returns the audio ready now."""
+    """The state of one streamed sentence. Per token chunk:
 
-    latent_fn: LatentFn
-    vocode_fn: VocodeFn
+        stream.add(chunk)
+        if stream.ready():                       # enough new stable audio to be worth a decode
+            z = latent(stream.token_array())     # SoVITS over the whole prefix
+            w = stream.window(z.shape[-1])
+            piece = stream.take(vocode(z[:, :, w.start:w.stop]), w)
+
+    and once the tokens are complete the same with `final=True` (always ready). `run_sentence`
+    below drives it with plain callables; the Serve ingress drives it with stage calls.
+    """
+
     config: StreamingConfig = field(default_factory=StreamingConfig)
     speed: float = 1.0
     tokens: list[int] = field(default_factory=list)
     emitted: int = 0  # samples already handed out
     tail: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # computed past `emitted`
 
-    def push(self, chunk: np.ndarray) -> np.ndarray:
+    def add(self, chunk: np.ndarray) -> None:
         self.tokens.extend(int(t) for t in np.asarray(chunk).reshape(-1))
+
+    def token_array(self) -> np.ndarray:
+        return np.asarray(self.tokens, dtype=np.int64)
+
+    def ready(self, final: bool = False) -> bool:
+        if final:
+            return bool(self.tokens)
         stable = len(self.tokens) - self.config.lookahead_tokens
-        if stable <= 0:
-            return np.zeros(0, np.float32)
-        return self._emit(self._frames(stable), final=False)
+        new_frames = self._frames(stable) - self.emitted // HOP_LENGTH
+        return stable > 0 and new_frames * HOP_LENGTH > self.config.crossfade_samples
 
-    def finish(self) -> np.ndarray:
-        if not self.tokens:
-            return np.zeros(0, np.float32)
-        return self._emit(None, final=True)
-
-    # ---------------------------------------------------------------------------------------
-    def _frames(self, n_tokens: int) -> int:
-        """Latent frames covering the first `n_tokens` tokens (fractional tokens at speed != 1)."""
-        return int(2 * n_tokens / self.speed)
-
-    def _emit(self, end_frame: int | None, final: bool) -> np.ndarray:
+    def window(self, total_frames: int, final: bool = False) -> VocoderWindow:
         cfg = self.config
         emitted_frames = self.emitted // HOP_LENGTH
-        if not final and (end_frame - emitted_frames) * HOP_LENGTH <= cfg.crossfade_samples:
-            return np.zeros(0, np.float32)  # not enough new stable audio yet
-        z = self.latent_fn(np.asarray(self.tokens, dtype=np.int64))
-        total_frames = z.shape[-1]
-        end = total_frames if final else min(end_frame, total_frames)
-        start = max(0, emitted_frames - cfg.vocoder_context_frames)
-        stop = total_frames if final else min(total_frames, end + cfg.vocoder_context_frames)
-        wav = self.vocode_fn(z[:, :, start:stop])
-        wav = wav[(emitted_frames - start) * HOP_LENGTH:]  # from the first not-yet-emitted sample
-        keep = (end - emitted_frames) * HOP_LENGTH  # samples this call hands out
-        piece = wav[:keep].astype(np.float32, copy=True)
-        if self.tail.size:
+        if final:
+            end = stop = total_frames
+        else:
+            end = min(self._frames(len(self.tokens) - cfg.lookahead_tokens), total_frames)
+            stop = min(total_frames, end + cfg.vocoder_context_frames)
+        return VocoderWindow(max(0, emitted_frames - cfg.vocoder_context_frames), stop, end, emitted_frames)
+
+    def take(self, wav: np.ndarray, w: VocoderWindow, final: bool = False) -> np.ndarray:
+        """The vocoder's output for window `w` -> the next piece of audio (crossfaded onto the last)."""
+        wav = np.asarray(wav, dtype=np.float32).reshape(-1)[(w.emitted_frames - w.start) * HOP_LENGTH:]
+        keep = max(0, (w.end - w.emitted_frames) * HOP_LENGTH)
+        piece = wav[:keep].copy()
+        if self.tail.size and piece.size:
             n = min(self.tail.size, piece.size)
             fade_out, fade_in = _fade_curves(n)
             piece[:n] = self.tail[:n] * fade_out + piece[:n] * fade_in
-        self.tail = wav[keep:keep + cfg.crossfade_samples].astype(np.float32) if not final else np.zeros(0, np.float32)
+        self.tail = np.zeros(0, np.float32) if final else wav[keep:keep + self.config.crossfade_samples].copy()
         self.emitted += piece.size
         return piece
+
+    def _frames(self, n_tokens: int) -> int:
+        """Latent frames covering the first `n_tokens` tokens (stretched by 1/speed)."""
+        return max(0, int(2 * n_tokens / self.speed))
+
+
+def run_sentence(chunks: Iterable[np.ndarray], latent_fn: LatentFn, vocode_fn: VocodeFn,
+                 config: StreamingConfig | None = None, speed: float = 1.0) -> Iterator[np.ndarray]:
+    """Drive a SentenceStream over token chunks with in-process model calls; yield audio pieces."""
+    stream = SentenceStream(config or StreamingConfig(), speed)
+
+    def step(final: bool) -> np.ndarray:
+        z = latent_fn(stream.token_array())
+        w = stream.window(z.shape[-1], final)
+        return stream.take(vocode_fn(z[:, :, w.start:w.stop]), w, final)
+
+    for chunk in chunks:
+        stream.add(chunk)
+        if stream.ready():
+            piece = step(final=False)
+            if piece.size:
+                yield piece
+    if stream.ready(final=True):
+        yield step(final=True)

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.audio import SAMPLE_RATE
 from models.pipeline import SynthesisSettings
+from models.streaming import StreamingConfig
 from models.t2s import SamplingParams
 from models.text.frontend import SUPPORTED_LANGUAGES
 from serve_app import audio_io
@@ -183,7 +184,7 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings) -> FastAPI
         stream = body.stream or body.stream_format == "sse"
         if body.stream_format == "sse":
             return sse_response(prepared, body.response_format)
-        return await audio_response(prepared, body.response_format, stream)
+        return await audio_response(prepared, body.response_format, stream, token_chunks=True)
 
     async def tts_common(body: TTSRequest) -> Response:
         voice_key = body.voice or voice_name_from_path(body.ref_audio_path)
@@ -203,7 +204,9 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings) -> FastAPI
         job = await make_job(voice, text, language, body, speed=body.speed_factor,
                              prompt_text=prompt_text, prompt_language=prompt_language)
         prepared = await prepare_or_fail(job)
-        return await audio_response(prepared, TTS_MEDIA_TYPES[body.media_type], stream=mode != 0)
+        # api_v2: 1 = one piece per sentence, 2 and 3 = token-chunk streaming
+        return await audio_response(prepared, TTS_MEDIA_TYPES[body.media_type], stream=mode != 0,
+                                    token_chunks=mode >= 2)
 
     @app.post("/tts", tags=["upstream api_v2"], responses=ERROR_RESPONSES)
     async def tts_post(body: TTSRequest) -> Response:
@@ -265,7 +268,10 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings) -> FastAPI
         return {"X-Model-Version": prepared.job.model_version, "X-Seed": str(prepared.job.settings.seed),
                 "X-Voice-Id": prepared.job.voice.id, "X-Sample-Rate": str(SAMPLE_RATE)}
 
-    async def audio_response(prepared: PreparedSynthesis, fmt: str, stream: bool) -> Response:
+    streaming = StreamingConfig(*settings.stream_chunk_tokens)
+
+    async def audio_response(prepared: PreparedSynthesis, fmt: str, stream: bool,
+                             token_chunks: bool = True) -> Response:
         info = audio_io.FORMATS[fmt]
         headers = audio_headers(prepared)
         if not stream:
@@ -273,17 +279,22 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings) -> FastAPI
             samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
             return Response(audio_io.encode_audio(samples, SAMPLE_RATE, fmt), media_type=info.media_type,
                             headers=headers)
-        return StreamingResponse(stream_bytes(prepared, fmt), media_type=info.media_type, headers=headers)
+        return StreamingResponse(stream_bytes(prepared, fmt, token_chunks), media_type=info.media_type,
+                                 headers=headers)
 
-    async def stream_bytes(prepared: PreparedSynthesis, fmt: str) -> AsyncIterator[bytes]:
+    async def stream_bytes(prepared: PreparedSynthesis, fmt: str, token_chunks: bool = True) -> AsyncIterator[bytes]:
         encoder = audio_io.open_stream(fmt, SAMPLE_RATE)
         head = encoder.header()
         if head:
             yield head
-        async for part in prepared.fragments():
-            chunk = encoder.feed(part)
-            if chunk:
-                yield chunk
+        parts = prepared.pieces(streaming) if token_chunks else prepared.fragments()
+        try:
+            async for part in parts:
+                chunk = encoder.feed(part)
+                if chunk:
+                    yield chunk
+        finally:
+            await parts.aclose()  # the client went away: stop every stage's work for this request
         tail = encoder.close()
         if tail:
             yield tail

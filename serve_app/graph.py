@@ -11,7 +11,7 @@ deployment's resources, autoscaling and batch settings come from that file.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, AsyncIterator
 
 import numpy as np
 from ray import serve
@@ -63,6 +63,16 @@ class GraphStages:
                   model_version: str) -> np.ndarray:
         params = settings.sampling.with_seed(seed)
         return _check(await self.gpt.generate.remote(prompt, target, params))
+
+    async def t2s_stream(self, prompt: VoicePrompt, target: TextFeatures, settings: SynthesisSettings, seed: int,
+                         model_version: str, chunk_sizes: tuple[int, int]) -> AsyncIterator[np.ndarray]:
+        params = settings.sampling.with_seed(seed)
+        responses = self.gpt.options(stream=True).generate_stream.remote(prompt, target, params, *chunk_sizes)
+        try:
+            async for chunk in responses:
+                yield _check(chunk)
+        finally:
+            responses.cancel()  # a no-op once the stream finished; stops the decode if we left early
 
     async def latent(self, codes: np.ndarray, target: TextFeatures, prompt: VoicePrompt,
                      settings: SynthesisSettings, seed: int, model_version: str) -> np.ndarray:

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import AsyncIterator
 
 import numpy as np
 
 from deployments.common import text_error
 from deployments.voice_store import VoiceRecord, VoiceStore
 from models import audio
-from models.pipeline import (Pipeline, SynthesisSettings, TextFeatures, VoicePrompt, latent,
+from models.pipeline import (Pipeline, t2s_inputs, SynthesisSettings, TextFeatures, VoicePrompt, latent,
                              prompt_text_for_frontend, reference_features, t2s_tokens, vocode)
+from models.t2s import generate_stream
 from serve_app.errors import ApiError
 
 
@@ -67,6 +69,20 @@ class LocalStages:
     async def t2s(self, prompt: VoicePrompt, target: TextFeatures, settings: SynthesisSettings, seed: int,
                   model_version: str) -> np.ndarray:
         return await self._run(t2s_tokens, self.pipeline.t2s, prompt, target, settings.sampling.with_seed(seed))
+
+    async def t2s_stream(self, prompt: VoicePrompt, target: TextFeatures, settings: SynthesisSettings, seed: int,
+                         model_version: str, chunk_sizes: tuple[int, int]) -> AsyncIterator[np.ndarray]:
+        phones, bert = t2s_inputs(prompt, target)
+        chunks = generate_stream(self.pipeline.t2s, phones, bert, prompt.prompt_tokens,
+                                 settings.sampling.with_seed(seed), chunk_sizes=chunk_sizes)
+        try:
+            while True:
+                chunk = await self._run(next, chunks, None)
+                if chunk is None:
+                    return
+                yield chunk.numpy()
+        finally:
+            await self._run(chunks.close)  # cancels the decode when the consumer leaves early
 
     async def latent(self, codes: np.ndarray, target: TextFeatures, prompt: VoicePrompt,
                      settings: SynthesisSettings, seed: int, model_version: str) -> np.ndarray:

@@ -60,7 +60,9 @@ def _static_response(name: str) -> Response:
 
 
 def mount_playground(app: FastAPI) -> None:
-    """Serve the playground page at `GET /` and its assets at `GET /static/{file}`."""
+    """Serve the playground page at `GET /` and its assets at `GET /static/{file}` (idempotent)."""
+    if any(getattr(route, "name", None) == "playground_page" for route in app.router.routes):
+        return
 
     @app.get("/", include_in_schema=False)
     async def playground_page() -> Response:

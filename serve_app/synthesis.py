@@ -13,7 +13,9 @@ from typing import AsyncIterator, Protocol
 
 import numpy as np
 
+from models.audio import SAMPLE_RATE
 from models.pipeline import SynthesisSettings, TextFeatures, VoicePrompt, finish_fragment, sentence_seed
+from models.streaming import SentenceStream, StreamingConfig
 from deployments.voice_store import VoiceRecord
 
 
@@ -36,6 +38,8 @@ class Stages(Protocol):
                            model_version: str) -> VoicePrompt: ...
     async def t2s(self, prompt: VoicePrompt, target: TextFeatures, settings: SynthesisSettings,
                   seed: int, model_version: str) -> np.ndarray: ...
+    def t2s_stream(self, prompt: VoicePrompt, target: TextFeatures, settings: SynthesisSettings, seed: int,
+                   model_version: str, chunk_sizes: tuple[int, int]) -> AsyncIterator[np.ndarray]: ...
     async def latent(self, codes: np.ndarray, target: TextFeatures, prompt: VoicePrompt,
                      settings: SynthesisSettings, seed: int, model_version: str) -> np.ndarray: ...
     async def vocode(self, z: np.ndarray, prompt: VoicePrompt, model_version: str) -> np.ndarray: ...
@@ -74,6 +78,41 @@ class PreparedSynthesis:
         finally:
             if pending is not None and not pending.done():
                 pending.cancel()
+
+
+    async def pieces(self, config: StreamingConfig) -> AsyncIterator[np.ndarray]:
+        """Token-chunk streaming: each sentence's audio leaves in pieces while T2S still decodes
+        it (models/streaming.py has the scheme), then the sentence's pause. Leaving the loop early
+        (client gone) closes the T2S stream, which stops decoding that request."""
+        job, stages = self.job, self.stages
+        features = await asyncio.gather(*(stages.text_features(s, job.language) for s in self.sentences))
+        pause = np.zeros(int(SAMPLE_RATE * job.settings.fragment_interval), dtype=np.float32)
+        for index, target in enumerate(features):
+            seed = sentence_seed(job.settings.seed, index)
+            stream = SentenceStream(config, job.settings.speed)
+
+            async def step(final: bool) -> np.ndarray:
+                z = await stages.latent(stream.token_array(), target, self.prompt, job.settings, seed,
+                                        job.model_version)
+                window = stream.window(z.shape[-1], final)
+                wav = await stages.vocode(z[:, :, window.start:window.stop], self.prompt, job.model_version)
+                return stream.take(wav, window, final)
+
+            tokens = stages.t2s_stream(self.prompt, target, job.settings, seed, job.model_version,
+                                       config.chunk_sizes())
+            try:
+                async for chunk in tokens:
+                    stream.add(chunk)
+                    if stream.ready():
+                        piece = await step(final=False)
+                        if piece.size:
+                            yield piece
+            finally:
+                await tokens.aclose()
+            if stream.ready(final=True):
+                yield await step(final=True)
+            if pause.size:
+                yield pause
 
 
 async def prepare(stages: Stages, job: SynthesisJob) -> PreparedSynthesis:

@@ -190,9 +190,10 @@
       document.body.dataset.ready = "true";
       return;
     }
-    el.modelLine.textContent = "Could not read the server's model and voices.";
+    const needsKey = failed.reason instanceof ApiError && failed.reason.status === 401;
+    el.modelLine.textContent = needsKey ? "Waiting for an API key\u2026" : "Could not read the server's model and voices.";
     el.voice.replaceChildren(new Option("\u2013", ""));
-    if (!(failed.reason instanceof ApiError && failed.reason.status === 401)) showError(el.speakError, failed.reason);
+    if (!needsKey) showError(el.speakError, failed.reason);
   }
 
   // ------------------------------------------------------------------------------ playback
