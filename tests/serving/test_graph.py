@@ -136,3 +136,38 @@ def test_voice_upload_speak_delete(served):
 def test_bad_input_through_the_graph_is_a_clean_4xx(served):
     response = speak(served["url"], language="xx")
     assert response.status_code == 400 and response.json()["error"]["code"] == "unsupported_language"
+
+
+def gpt_stats() -> dict:
+    from ray import serve
+
+    return serve.get_deployment_handle("GPT", app_name="gsv").stats.remote().result()
+
+
+def test_disconnect_mid_stream_stops_the_gpt_decode(served):
+    long_text = "This sentence is long enough to need many chunks of semantic tokens to decode. " * 4
+    with requests.post(served["url"] + "/v1/audio/speech", stream=True, timeout=120, json={
+            "input": long_text, "voice": "demo", "response_format": "pcm", "language": "en", "stream": True,
+            "seed": 9}) as response:
+        assert response.status_code == 200
+        next(response.iter_content(1024))  # first audio arrived: the GPT is decoding
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and gpt_stats()["active"] > 0:
+        time.sleep(0.1)
+    assert gpt_stats() == {"active": 0, "waiting": 0}
+
+
+def test_eight_concurrent_streams_over_http(served):
+    import concurrent.futures
+
+    def one(seed: int) -> bytes:
+        with requests.post(served["url"] + "/v1/audio/speech", stream=True, timeout=300, json={
+                "input": "Streaming together. Each on its own.", "voice": "demo", "response_format": "pcm",
+                "language": "en", "stream": True, "seed": seed}) as response:
+            assert response.status_code == 200
+            return b"".join(response.iter_content(4096))
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(one, range(8)))
+    assert together[0] == one(0)  # continuous batching does not change a request's audio
+    assert len(set(together)) == 8
