@@ -24,6 +24,7 @@ from models.t2s import SamplingParams
 from models.text.frontend import SUPPORTED_LANGUAGES
 from serve_app import audio_io
 from serve_app.errors import ApiError, bad_request, not_found
+from serve_app.playground import mount_playground
 from serve_app.schemas import ErrorBody, SamplingFields, SpeechRequest, TTSRequest
 from serve_app.settings import Settings
 from serve_app.synthesis import PreparedSynthesis, Stages, SynthesisJob, prepare
@@ -311,6 +312,7 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings) -> FastAPI
             yield f"data: {json.dumps(done)}\n\n".encode()
         return StreamingResponse(events(), media_type="text/event-stream", headers=audio_headers(prepared))
 
+    mount_playground(app)
     return app
 
 
