@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,3 +57,8 @@ def limit_threads(num_threads: int | None) -> None:
     """Each replica gets its own small thread pool: Ray sets OMP threads from num_cpus, we make it explicit."""
     if num_threads:
         torch.set_num_threads(int(num_threads))
+
+
+# Model weights loaded per replica (Ray Serve multiplexing, LRU beyond this). Read at import, so
+# set it per deployment with `ray_actor_options.runtime_env.env_vars.GSV_MODELS_PER_REPLICA`.
+MODELS_PER_REPLICA = int(os.environ.get("GSV_MODELS_PER_REPLICA", "3"))

@@ -7,17 +7,18 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from deployments import metrics
 from deployments.common import StageError, apply_batch_config, limit_threads, resolve_device, text_error
-from models.pipeline import ModelPaths, TextFeatures, prompt_text_for_frontend
+from models.pipeline import TextFeatures, prompt_text_for_frontend
 from models.text.frontend import TextFrontend
 
 
 @serve.deployment(name="Frontend", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=32)
 class FrontendDeployment:
-    def __init__(self, paths: ModelPaths, device: str = "cpu", num_threads: int | None = None):
+    def __init__(self, bert_dir: str, device: str = "cpu", num_threads: int | None = None):
         limit_threads(num_threads)
         device = resolve_device(device)
-        self.frontend = TextFrontend(paths.bert_dir, device=device)
+        self.frontend = TextFrontend(bert_dir, device=device)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         apply_batch_config(self.text_features, config)
@@ -33,7 +34,9 @@ class FrontendDeployment:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def text_features(self, items: list[tuple[str, str]]) -> list[TextFeatures | StageError]:
-        return await asyncio.to_thread(self._process, items)
+        metrics.batch_size("frontend", len(items))
+        with metrics.timed("frontend", ""):
+            return await asyncio.to_thread(self._process, items)
 
     def _process(self, items: list[tuple[str, str]]) -> list[TextFeatures | StageError]:
         try:

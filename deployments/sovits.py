@@ -1,7 +1,9 @@
 """SoVITS stage: semantic tokens + target phones + ge -> latent frames (text encoder, MRTE, flow).
 
 Batched with `@serve.batch`, then run item by item: on CPU, batching SoVITS across requests was
-measured slower than serial (NOTES.md); one batch still amortises the hop overhead."""
+measured slower than serial (NOTES.md); one batch still amortises the hop overhead. Model versions
+are multiplexed like the GPT stage. `backend` picks PyTorch or ONNX Runtime (fp32 / INT8).
+"""
 from __future__ import annotations
 
 import asyncio
@@ -10,23 +12,42 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from deployments.common import apply_batch_config, limit_threads, resolve_device, torch_dtype
-from models.pipeline import ModelPaths, latent
-from models.sovits import SoVITS
+from deployments import metrics
+from deployments.common import (MODELS_PER_REPLICA, apply_batch_config, limit_threads, resolve_device,
+                                torch_dtype)
+from deployments.model_registry import ModelRegistry
+from models.onnx_runtime import load_sovits_backend
+from models.pipeline import latent
 
 
 @serve.deployment(name="SoVITS", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=16)
 class SoVITSDeployment:
-    def __init__(self, paths: ModelPaths, device: str = "cpu", dtype: str = "float32",
-                 num_threads: int | None = None):
+    def __init__(self, data_dir: str, device: str = "cpu", dtype: str = "float32", backend: str = "torch",
+                 onnx_cache_dir: str | None = None, num_threads: int | None = None):
         limit_threads(num_threads)
-        device = resolve_device(device)
-        self.model_version = paths.version()
-        self.model = SoVITS.from_checkpoint(paths.sovits, device=device, dtype=torch_dtype(dtype))
+        self.device, self.dtype, self.backend = resolve_device(device), torch_dtype(dtype), backend
+        self.onnx_cache_dir, self.num_threads = onnx_cache_dir, num_threads
+        self.registry = ModelRegistry(data_dir)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         apply_batch_config(self.latent, config)
 
+    @serve.multiplexed(max_num_models_per_replica=MODELS_PER_REPLICA)
+    async def get_model(self, key: str):
+        ref = self.registry.resolve(key)
+        model, _ = await asyncio.to_thread(load_sovits_backend, ref.paths.sovits, self.backend, self.device,
+                                           self.onnx_cache_dir, self.num_threads, self.dtype, "latent")
+        metrics.model_event("sovits", key, "load")
+        return model
+
+    async def warm(self, key: str) -> str:
+        await self.get_model(key)
+        return key
+
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
     async def latent(self, items: list[tuple]) -> list[np.ndarray]:
-        return await asyncio.to_thread(lambda: [latent(self.model, *item) for item in items])
+        metrics.batch_size("sovits", len(items))
+        models = [await self.get_model(item[0]) for item in items]
+        with metrics.timed("sovits", items[0][0]):
+            return await asyncio.to_thread(
+                lambda: [latent(model, *item[1:]) for model, item in zip(models, items)])

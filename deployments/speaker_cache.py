@@ -14,28 +14,29 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.common import StageError, limit_threads, resolve_device, torch_dtype
+from deployments import metrics
+from deployments.common import MODELS_PER_REPLICA, StageError, limit_threads, resolve_device, torch_dtype
+from deployments.model_registry import ModelRegistry, RegistryError
 from deployments.voice_store import VoiceStore
 from models import audio
 from models.hubert import HubertFeatures
-from models.pipeline import ModelPaths, VoicePrompt, reference_features
+from models.pipeline import VoicePrompt, reference_features
 from models.sovits import SoVITS
 
-CacheKey = tuple[str, str, str, str]  # voice id, model version, transcript, language
+CacheKey = tuple[str, str, str, str]  # voice id, model key (id@version), transcript, language
 
 
 @serve.deployment(name="SpeakerCache", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=32)
 class SpeakerCacheDeployment:
-    def __init__(self, paths: ModelPaths, data_dir: str, frontend: DeploymentHandle, device: str = "cpu",
+    def __init__(self, data_dir: str, frontend: DeploymentHandle, device: str = "cpu",
                  dtype: str = "float32", num_threads: int | None = None, max_entries: int = 256,
                  ttl_s: float = 3600.0):
         limit_threads(num_threads)
-        device = resolve_device(device)
-        self.model_version = paths.version()
+        self.device, self.dtype = resolve_device(device), torch_dtype(dtype)
         self.store = VoiceStore(data_dir)
+        self.registry = ModelRegistry(data_dir)
         self.frontend = frontend
-        self.hubert = HubertFeatures.from_dir(paths.hubert_dir, device=device, dtype=torch_dtype(dtype))
-        self.sovits = SoVITS.from_checkpoint(paths.sovits, device=device, dtype=torch_dtype(dtype))
+        self.huberts: dict[str, HubertFeatures] = {}  # by folder: shared by every model version
         self.max_entries, self.ttl_s = max_entries, ttl_s
         self.entries: OrderedDict[CacheKey, tuple[VoicePrompt, float]] = OrderedDict()
         self.inflight: dict[CacheKey, asyncio.Future] = {}
@@ -46,24 +47,46 @@ class SpeakerCacheDeployment:
         self.ttl_s = float(config.get("ttl_s", self.ttl_s))
         self._evict()
 
-    async def get(self, voice_id: str, transcript: str, language: str, model_version: str) -> VoicePrompt | StageError:
-        if model_version != self.model_version:
-            return StageError("model_version_unavailable",
-                              f"model version {model_version} is not loaded here (have {self.model_version})", 503)
-        key = (voice_id, model_version, transcript, language)
+    @serve.multiplexed(max_num_models_per_replica=MODELS_PER_REPLICA)
+    async def get_model(self, model_key: str) -> tuple[HubertFeatures, SoVITS]:
+        """The reference-side models of one version: the SoVITS file (ssl_proj, quantizer, ref
+        encoder are fine-tuned with it) and the shared HuBERT."""
+        ref = self.registry.resolve(model_key)
+        hubert = self.huberts.get(ref.paths.hubert_dir)
+        if hubert is None:
+            hubert = await asyncio.to_thread(HubertFeatures.from_dir, ref.paths.hubert_dir, device=self.device,
+                                             dtype=self.dtype)
+            self.huberts[ref.paths.hubert_dir] = hubert
+        sovits = await asyncio.to_thread(SoVITS.from_checkpoint, ref.paths.sovits, device=self.device,
+                                         dtype=self.dtype)
+        metrics.model_event("speaker_cache", model_key, "load")
+        return hubert, sovits
+
+    async def warm(self, model_key: str) -> str:
+        await self.get_model(model_key)
+        return model_key
+
+    async def get(self, model_key: str, voice_id: str, transcript: str, language: str) -> VoicePrompt | StageError:
+        try:
+            self.registry.resolve(model_key)
+        except RegistryError as exc:
+            return StageError("model_version_unavailable", str(exc), 503)
+        key = (voice_id, model_key, transcript, language)
         entry = self.entries.get(key)
         if entry is not None and time.monotonic() - entry[1] < self.ttl_s:
             self.entries.move_to_end(key)
             self.entries[key] = (entry[0], time.monotonic())
             self.hits += 1
+            metrics.cache_event("hit")
             return entry[0]
         if key in self.inflight:  # the same voice requested concurrently: compute once
             return await asyncio.shield(self.inflight[key])
         self.misses += 1
+        metrics.cache_event("miss")
         future = asyncio.get_running_loop().create_future()
         self.inflight[key] = future
         try:
-            result = await self._compute(voice_id, transcript, language)
+            result = await self._compute(model_key, voice_id, transcript, language)
             if not isinstance(result, StageError):
                 self.entries[key] = (result, time.monotonic())
                 self._evict()
@@ -86,24 +109,28 @@ class SpeakerCacheDeployment:
         return {"entries": len(self.entries), "hits": self.hits, "misses": self.misses,
                 "evictions": self.evictions}
 
-    async def _compute(self, voice_id: str, transcript: str, language: str) -> VoicePrompt | StageError:
+    async def _compute(self, model_key: str, voice_id: str, transcript: str, language: str) -> VoicePrompt | StageError:
         try:
             samples, sr = await asyncio.to_thread(self.store.reference_audio, voice_id)
         except KeyError:
             return StageError("voice_not_found", f"no voice {voice_id!r}", 404)
         text_features = self.frontend.prompt_features.remote(transcript, language)
+        hubert, sovits = await self.get_model(model_key)
         wav32k = audio.resample(samples, sr, audio.SAMPLE_RATE)
-        tokens, ge = await asyncio.to_thread(reference_features, self.hubert, self.sovits, wav32k)
+        with metrics.timed("speaker_cache", model_key):
+            tokens, ge = await asyncio.to_thread(reference_features, hubert, sovits, wav32k)
         text = await text_features
         if isinstance(text, StageError):
             return text
-        return VoicePrompt(tokens, ge, text.phone_ids, text.bert, self.model_version)
+        return VoicePrompt(tokens, ge, text.phone_ids, text.bert, model_key)
 
     def _evict(self) -> None:
         now = time.monotonic()
         for key in [k for k, (_, t) in self.entries.items() if now - t >= self.ttl_s]:
             del self.entries[key]
             self.evictions += 1
+            metrics.cache_event("eviction")
         while len(self.entries) > self.max_entries:
             self.entries.popitem(last=False)
             self.evictions += 1
+            metrics.cache_event("eviction")

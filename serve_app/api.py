@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import base64
+import hmac
 import json
+import re
 import logging
 import secrets
 from typing import Any, AsyncIterator
@@ -25,14 +27,17 @@ from models.text.frontend import SUPPORTED_LANGUAGES
 from serve_app import audio_io
 from serve_app.errors import ApiError, bad_request, not_found
 from serve_app.playground import mount_playground
-from serve_app.schemas import ErrorBody, SamplingFields, SpeechRequest, TTSRequest
+from serve_app.model_admin import ModelAdmin
+from serve_app.schemas import ErrorBody, ModelUpdate, SamplingFields, SpeechRequest, TTSRequest
 from serve_app.settings import Settings
 from serve_app.synthesis import PreparedSynthesis, Stages, SynthesisJob, prepare
+from deployments.model_registry import ModelRef, ModelRegistry
 from deployments.voice_store import VoiceRecord, VoiceStore, VoiceStoreError
 
 log = logging.getLogger("gsv.api")
 
 OPENAI_MODEL_ALIASES = ("gpt-sovits", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # upstream api_v2 media types -> our formats
 TTS_MEDIA_TYPES = {"wav": "wav", "raw": "pcm", "pcm": "pcm", "ogg": "ogg", "aac": "aac", "mp3": "mp3",
                    "flac": "flac", "opus": "opus"}
@@ -43,11 +48,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(stages: Stages, store: VoiceStore, settings: Settings) -> FastAPI:
+def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: ModelRegistry,
+               admin: ModelAdmin | None = None) -> FastAPI:
     app = FastAPI(title="gsv-serve", version="0.1.0",
                   description="GPT-SoVITS voices on Ray Serve: OpenAI-compatible speech, upstream /tts, voices.")
     limits = settings.limits
-    model_id = settings.model.model_id
 
     # ---------------------------------------------------------------------------------- errors
     def upstream_dialect(request: Request) -> bool:
@@ -109,10 +114,27 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings) -> FastAPI
     # ---------------------------------------------------------------------------------- models
     @app.get("/v1/models", tags=["models"])
     async def list_models() -> dict[str, Any]:
-        version = await stages.model_version(model_id)
-        return {"object": "list", "data": [
-            {"id": model_id, "object": "model", "owned_by": "gsv-serve", "version": version,
-             "demo": settings.model.is_demo}]}
+        return {"object": "list", "data": registry.describe()}
+
+    @app.get("/v1/models/{model_id}", tags=["models"], responses=ERROR_RESPONSES)
+    async def get_model(model_id: str) -> dict[str, Any]:
+        for entry in registry.describe():
+            if entry["id"] == model_id:
+                return entry
+        raise ApiError(404, "unknown_model", f"unknown model {model_id!r}; see GET /v1/models")
+
+    @app.put("/v1/models/{model_id}", tags=["models"], responses=ERROR_RESPONSES | {
+        401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 503: {"model": ErrorBody}})
+    async def put_model(model_id: str, body: ModelUpdate, request: Request) -> dict[str, Any]:
+        """Admin: load a new version (checkpoints inside the models folder), warm it in every
+        stage, then switch new requests to it. Requests in flight finish on the old version."""
+        check_admin(request)
+        if not MODEL_ID_RE.match(model_id):
+            raise bad_request("invalid_model_id", "model ids are letters, digits, '-', '_' and '.'", "model_id")
+        if admin is None:
+            raise ApiError(501, "not_supported", "model swaps need the Ray Serve graph")
+        ref = await admin.swap(model_id, body.gpt, body.sovits, body.tag)
+        return {"id": ref.model_id, "object": "model", "version": ref.version, "tag": ref.tag, "active": True}
 
     # ---------------------------------------------------------------------------------- voices
     @app.post("/v1/voices", tags=["voices"], status_code=201, responses=ERROR_RESPONSES)
@@ -121,6 +143,7 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings) -> FastAPI
         transcript: str = Form(..., description="what the clip says"),
         language: str = Form(..., description="language of the transcript"),
         name: str = Form("", description="a unique name (defaults to the id)"),
+        model: str = Form("", description="the model this voice speaks with (default: the server's model)"),
     ) -> dict[str, Any]:
         transcript = transcript.strip()
         if not transcript:
@@ -134,6 +157,8 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings) -> FastAPI
             raise bad_request("name_too_long", f"name over {limits.max_voice_name_chars} characters", "name")
         if name and store.name_taken(name):
             raise ApiError(409, "voice_exists", f"a voice named {name!r} already exists", "name")
+        if model and registry.active(model) is None:
+            raise ApiError(404, "unknown_model", f"unknown model {model!r}; see GET /v1/models", "model")
         if len(store.list()) >= limits.max_voices:
             raise ApiError(409, "too_many_voices", f"the server holds its maximum of {limits.max_voices} voices")
         data = await file.read(limits.max_upload_bytes + 1)
@@ -144,8 +169,8 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings) -> FastAPI
         except audio_io.AudioInputError as exc:
             raise bad_request(exc.code, exc.message, "file") from None
         try:
-            record = store.create(name=name, transcript=transcript, language=language, model_id=model_id,
-                                  samples=samples, sample_rate=sr)
+            record = store.create(name=name, transcript=transcript, language=language,
+                                  model_id=model or settings.model.model_id, samples=samples, sample_rate=sr)
             if not name:
                 record = record  # id doubles as the name
         except VoiceStoreError as exc:
@@ -174,13 +199,12 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings) -> FastAPI
     @app.post("/v1/audio/speech", tags=["speech"], responses=ERROR_RESPONSES | {
         200: {"content": {f.media_type: {} for f in audio_io.FORMATS.values()}, "description": "audio"}})
     async def speech(body: SpeechRequest) -> Response:
-        if body.model not in OPENAI_MODEL_ALIASES and body.model != model_id:
-            raise ApiError(404, "unknown_model", f"unknown model {body.model!r}; see GET /v1/models", "model")
         voice = find_voice(body.voice, param="voice")
+        model = resolve_model(body.model, voice)
         language = check_language(body.language or settings.default_language, "language")
         text = check_text(body.input, "input")
-        job = await make_job(voice, text, language, body, speed=body.speed,
-                             prompt_text=voice.transcript, prompt_language=voice.language)
+        job = make_job(voice, model, text, language, body, speed=body.speed,
+                       prompt_text=voice.transcript, prompt_language=voice.language)
         prepared = await prepare_or_fail(job)
         stream = body.stream or body.stream_format == "sse"
         if body.stream_format == "sse":
@@ -202,8 +226,8 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings) -> FastAPI
         if mode not in (0, 1, 2, 3):
             raise bad_request("invalid_value", "streaming_mode must be 0, 1, 2, 3, true or false",
                               "streaming_mode")
-        job = await make_job(voice, text, language, body, speed=body.speed_factor,
-                             prompt_text=prompt_text, prompt_language=prompt_language)
+        job = make_job(voice, resolve_model(None, voice), text, language, body, speed=body.speed_factor,
+                       prompt_text=prompt_text, prompt_language=prompt_language)
         prepared = await prepare_or_fail(job)
         # api_v2: 1 = one piece per sentence, 2 and 3 = token-chunk streaming
         return await audio_response(prepared, TTS_MEDIA_TYPES[body.media_type], stream=mode != 0,
@@ -226,6 +250,23 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings) -> FastAPI
         return await tts_common(body)
 
     # ---------------------------------------------------------------------------------- helpers
+    def check_admin(request: Request) -> None:
+        if not settings.admin_api_key:
+            raise ApiError(403, "admin_disabled", "model administration is off (set admin_api_key / GSV_ADMIN_KEY)")
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {settings.admin_api_key}".encode()):
+            raise ApiError(401, "unauthorized", "an admin API key is required (Authorization: Bearer ...)",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    def resolve_model(requested: str | None, voice: VoiceRecord) -> ModelRef:
+        """The OpenAI `model` field names a registered model, or is an alias (tts-1, ...) for the
+        voice's own model."""
+        model_id = voice.model_id if requested in (None, "", *OPENAI_MODEL_ALIASES) else requested
+        ref = registry.active(model_id)
+        if ref is None:
+            raise ApiError(404, "unknown_model", f"unknown model {model_id!r}; see GET /v1/models", "model")
+        return ref
+
     def find_voice(key: str, param: str | None = None) -> VoiceRecord:
         record = store.get(key)
         if record is None:
@@ -248,15 +289,14 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings) -> FastAPI
                               param)
         return text
 
-    async def make_job(voice: VoiceRecord, text: str, language: str, body: SamplingFields, speed: float,
-                       prompt_text: str, prompt_language: str) -> SynthesisJob:
+    def make_job(voice: VoiceRecord, model: ModelRef, text: str, language: str, body: SamplingFields, speed: float,
+                 prompt_text: str, prompt_language: str) -> SynthesisJob:
         seed = body.seed if body.seed >= 0 else secrets.randbits(31)
         sampling = SamplingParams(top_k=body.top_k, top_p=body.top_p, temperature=body.temperature,
                                   repetition_penalty=body.repetition_penalty)
         synth = SynthesisSettings(sampling=sampling, text_split_method=body.text_split_method, speed=speed,
                                   fragment_interval=body.fragment_interval, seed=seed)
-        version = await stages.model_version(voice.model_id)
-        return SynthesisJob(voice=voice, text=text, language=language, settings=synth, model_version=version,
+        return SynthesisJob(voice=voice, text=text, language=language, settings=synth, model=model,
                             prompt_text=prompt_text, prompt_language=prompt_language)
 
     async def prepare_or_fail(job: SynthesisJob) -> PreparedSynthesis:
@@ -266,7 +306,8 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings) -> FastAPI
         return prepared
 
     def audio_headers(prepared: PreparedSynthesis) -> dict[str, str]:
-        return {"X-Model-Version": prepared.job.model_version, "X-Seed": str(prepared.job.settings.seed),
+        return {"X-Model-Id": prepared.job.model.model_id, "X-Model-Version": prepared.job.model.version,
+                "X-Seed": str(prepared.job.settings.seed),
                 "X-Voice-Id": prepared.job.voice.id, "X-Sample-Rate": str(SAMPLE_RATE)}
 
     streaming = StreamingConfig(*settings.stream_chunk_tokens)

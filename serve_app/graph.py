@@ -11,6 +11,7 @@ deployment's resources, autoscaling and batch settings come from that file.
 """
 from __future__ import annotations
 
+import asyncio
 from typing import Any, AsyncIterator
 
 import numpy as np
@@ -23,11 +24,13 @@ from deployments.gpt import GPTDeployment
 from deployments.sovits import SoVITSDeployment
 from deployments.speaker_cache import SpeakerCacheDeployment
 from deployments.vocoder import VocoderDeployment
+from deployments.model_registry import ModelRegistry
 from deployments.voice_store import VoiceRecord, VoiceStore
-from models.pipeline import ModelPaths, SynthesisSettings, TextFeatures, VoicePrompt
+from models.pipeline import SynthesisSettings, TextFeatures, VoicePrompt
 from serve_app.api import create_app
 from serve_app.errors import ApiError
-from serve_app.model_files import ensure_demo_voice, resolve_model_paths
+from serve_app.model_admin import ModelAdmin
+from serve_app.model_files import ensure_demo_voice, register_declared_model, resolve_model_paths
 from serve_app.settings import Settings
 
 
@@ -38,16 +41,22 @@ def _check(result: Any) -> Any:
 
 
 class GraphStages:
-    """`serve_app.synthesis.Stages` over DeploymentHandles: arrays travel through Ray's object store."""
+    """`serve_app.synthesis.Stages` over DeploymentHandles: arrays travel through Ray's object store.
+    Every model-stage call names its `model_id@version`, so Serve routes it to a replica holding
+    that version (multiplexing) and the stage can only use those weights."""
 
-    def __init__(self, model_version: str, frontend: DeploymentHandle, speaker_cache: DeploymentHandle,
-                 gpt: DeploymentHandle, sovits: DeploymentHandle, vocoder: DeploymentHandle):
-        self.version = model_version
+    def __init__(self, frontend: DeploymentHandle, speaker_cache: DeploymentHandle, gpt: DeploymentHandle,
+                 sovits: DeploymentHandle, vocoder: DeploymentHandle):
         self.frontend, self.speaker_cache, self.gpt = frontend, speaker_cache, gpt
         self.sovits, self.vocoder = sovits, vocoder
 
-    async def model_version(self, model_id: str) -> str:
-        return self.version
+    def model_stages(self) -> dict[str, DeploymentHandle]:
+        return {"speaker_cache": self.speaker_cache, "gpt": self.gpt, "sovits": self.sovits, "vocoder": self.vocoder}
+
+    async def warm(self, model_key: str) -> None:
+        """Load a version in every model stage (the swap waits for this before switching)."""
+        await asyncio.gather(*(h.options(multiplexed_model_id=model_key).warm.remote(model_key)
+                               for h in self.model_stages().values()))
 
     async def sentences(self, text: str, language: str, method: str) -> list[str]:
         return _check(await self.frontend.sentences.remote(text, language, method))
@@ -56,18 +65,20 @@ class GraphStages:
         return _check(await self.frontend.text_features.remote((text, language)))
 
     async def voice_prompt(self, voice: VoiceRecord, prompt_text: str, prompt_language: str,
-                           model_version: str) -> VoicePrompt:
-        return _check(await self.speaker_cache.get.remote(voice.id, prompt_text, prompt_language, model_version))
+                           model_key: str) -> VoicePrompt:
+        handle = self.speaker_cache.options(multiplexed_model_id=model_key)
+        return _check(await handle.get.remote(model_key, voice.id, prompt_text, prompt_language))
 
     async def t2s(self, prompt: VoicePrompt, target: TextFeatures, settings: SynthesisSettings, seed: int,
-                  model_version: str) -> np.ndarray:
-        params = settings.sampling.with_seed(seed)
-        return _check(await self.gpt.generate.remote(prompt, target, params))
+                  model_key: str) -> np.ndarray:
+        handle = self.gpt.options(multiplexed_model_id=model_key)
+        return _check(await handle.generate.remote(model_key, prompt, target, settings.sampling.with_seed(seed)))
 
     async def t2s_stream(self, prompt: VoicePrompt, target: TextFeatures, settings: SynthesisSettings, seed: int,
-                         model_version: str, chunk_sizes: tuple[int, int]) -> AsyncIterator[np.ndarray]:
-        params = settings.sampling.with_seed(seed)
-        responses = self.gpt.options(stream=True).generate_stream.remote(prompt, target, params, *chunk_sizes)
+                         model_key: str, chunk_sizes: tuple[int, int]) -> AsyncIterator[np.ndarray]:
+        handle = self.gpt.options(stream=True, multiplexed_model_id=model_key)
+        responses = handle.generate_stream.remote(model_key, prompt, target, settings.sampling.with_seed(seed),
+                                                  *chunk_sizes)
         try:
             async for chunk in responses:
                 yield _check(chunk)
@@ -75,12 +86,12 @@ class GraphStages:
             responses.cancel()  # a no-op once the stream finished; stops the decode if we left early
 
     async def latent(self, codes: np.ndarray, target: TextFeatures, prompt: VoicePrompt,
-                     settings: SynthesisSettings, seed: int, model_version: str) -> np.ndarray:
-        item = (codes, target.phone_ids, prompt.ge, settings.noise_scale, settings.speed, seed)
-        return await self.sovits.latent.remote(item)
+                     settings: SynthesisSettings, seed: int, model_key: str) -> np.ndarray:
+        item = (model_key, codes, target.phone_ids, prompt.ge, settings.noise_scale, settings.speed, seed)
+        return await self.sovits.options(multiplexed_model_id=model_key).latent.remote(item)
 
-    async def vocode(self, z: np.ndarray, prompt: VoicePrompt, model_version: str) -> np.ndarray:
-        return await self.vocoder.vocode.remote((z, prompt.ge))
+    async def vocode(self, z: np.ndarray, prompt: VoicePrompt, model_key: str) -> np.ndarray:
+        return await self.vocoder.options(multiplexed_model_id=model_key).vocode.remote((model_key, z, prompt.ge))
 
     async def forget_voice(self, voice_id: str) -> None:
         await self.speaker_cache.forget.remote(voice_id)
@@ -92,27 +103,34 @@ class GraphStages:
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=256)
 @serve.ingress()
 class Ingress:
-    def __init__(self, settings_args: dict[str, Any], paths: ModelPaths, frontend: DeploymentHandle,
+    def __init__(self, settings_args: dict[str, Any], frontend: DeploymentHandle,
                  speaker_cache: DeploymentHandle, gpt: DeploymentHandle, sovits: DeploymentHandle,
                  vocoder: DeploymentHandle):
         self.settings = Settings.from_args(settings_args)
         self.store = VoiceStore(self.settings.data_dir)
         self.store.cleanup_partial()
-        self.stages = GraphStages(paths.version(), frontend, speaker_cache, gpt, sovits, vocoder)
+        self.registry = ModelRegistry(self.settings.data_dir)
+        self.stages = GraphStages(frontend, speaker_cache, gpt, sovits, vocoder)
+        self.models = ModelAdmin(self.registry, self.stages, self.settings)
+
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        """`serve deploy` with a changed `user_config.models`: swap declaratively, no restart."""
+        await self.models.apply_declared(config.get("models") or {})
 
     def __serve_build_asgi_app__(self):
-        return create_app(self.stages, self.store, self.settings)
+        return create_app(self.stages, self.store, self.settings, self.registry, self.models)
 
 
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     """Serve config entry point: `import_path: serve_app.graph:build_app`, `args:` = Settings."""
     settings = Settings.from_args(args)
     paths = resolve_model_paths(settings)
+    register_declared_model(settings, paths)
     ensure_demo_voice(settings)
-    device = settings.device
-    frontend = FrontendDeployment.bind(paths, device=device)
-    speaker_cache = SpeakerCacheDeployment.bind(paths, settings.data_dir, frontend, device=device)
-    gpt = GPTDeployment.bind(paths, device=device)
-    sovits = SoVITSDeployment.bind(paths, device=device)
-    vocoder = VocoderDeployment.bind(paths, device=device)
-    return Ingress.bind(settings.to_args(), paths, frontend, speaker_cache, gpt, sovits, vocoder)
+    device, data_dir = settings.device, settings.data_dir
+    frontend = FrontendDeployment.bind(paths.bert_dir, device=device)
+    speaker_cache = SpeakerCacheDeployment.bind(data_dir, frontend, device=device)
+    gpt = GPTDeployment.bind(data_dir, device=device, max_batch=settings.gpt_max_batch, max_seq=settings.gpt_max_seq)
+    sovits = SoVITSDeployment.bind(data_dir, device=device, backend=settings.sovits_backend)
+    vocoder = VocoderDeployment.bind(data_dir, device=device, backend=settings.sovits_backend)
+    return Ingress.bind(settings.to_args(), frontend, speaker_cache, gpt, sovits, vocoder)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from deployments.model_registry import ModelRef, ModelRegistry
 from deployments.voice_store import VoiceStore
 from models.demo import build_demo_assets
 from models.pipeline import ModelPaths, load_reference_wav
@@ -42,6 +43,14 @@ def resolve_model_paths(settings: Settings) -> ModelPaths:
                               + " (set model.gpt, model.sovits, model.hubert_dir, model.bert_dir)")
     return ModelPaths(gpt=str(Path(spec.gpt).resolve()), sovits=str(Path(spec.sovits).resolve()),
                       hubert_dir=str(Path(spec.hubert_dir).resolve()), bert_dir=str(Path(spec.bert_dir).resolve()))
+
+
+def register_declared_model(settings: Settings, paths: ModelPaths) -> ModelRef:
+    """The model named in the Serve config becomes (or stays) a registry entry; see
+    `ModelRegistry.register(declared=True)` for how it interacts with admin swaps."""
+    return ModelRegistry(settings.data_dir).register(settings.model.model_id, paths, declared="args",
+                                                     demo=settings.model.is_demo,
+                                                     tag="demo" if settings.model.is_demo else "")
 
 
 def ensure_demo_voice(settings: Settings) -> None:

@@ -68,6 +68,16 @@ class TTSRequest(SamplingFields):
     min_chunk_length: int = Field(16, ge=1, le=512)
 
 
+class ModelUpdate(BaseModel):
+    """A new version of a model: checkpoint paths inside the server's models folder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpt: str = Field(..., min_length=1, max_length=1000, description="GPT .ckpt, relative to the models folder")
+    sovits: str = Field(..., min_length=1, max_length=1000, description="SoVITS .pth, relative to the models folder")
+    tag: str = Field("", max_length=100, description="a human label for this version")
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str

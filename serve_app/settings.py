@@ -46,6 +46,11 @@ class Settings:
     device: str = "cpu"
     default_language: str = "auto"
     stream_chunk_tokens: tuple[int, int] = (12, 48)  # first chunk small for TTFA, later ones larger
+    gpt_max_batch: int = 8  # KV-cache slots per GPT replica and model (rows decoding at once)
+    gpt_max_seq: int = 2560  # cache positions per slot: phones + prompt tokens + new tokens
+    sovits_backend: str = "torch"  # torch | onnx | onnx-int8 (SoVITS + vocoder stages)
+    models_dir: str = ""  # admin model swaps may only name checkpoints inside this folder
+    admin_api_key: str = ""  # bearer token for model admin routes; empty = those routes are off
 
     @classmethod
     def from_args(cls, args: dict[str, Any] | None) -> "Settings":
@@ -60,7 +65,11 @@ class Settings:
         if unknown:
             raise ValueError(f"unknown settings: {sorted(unknown)}; known: {sorted(known)}")
         data_dir = args.pop("data_dir", os.environ.get("GSV_DATA_DIR", cls.data_dir))
-        return cls(data_dir=str(Path(data_dir).expanduser().resolve()), model=model, limits=limits, **args)
+        if not args.get("admin_api_key"):
+            args["admin_api_key"] = os.environ.get("GSV_ADMIN_KEY", "")
+        models_dir = args.pop("models_dir", "") or str(Path(data_dir) / "models")
+        return cls(data_dir=str(Path(data_dir).expanduser().resolve()), model=model, limits=limits,
+                   models_dir=str(Path(models_dir).expanduser().resolve()), **args)
 
     def to_args(self) -> dict[str, Any]:
         out = asdict(self)

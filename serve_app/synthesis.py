@@ -16,6 +16,7 @@ import numpy as np
 from models.audio import SAMPLE_RATE
 from models.pipeline import SynthesisSettings, TextFeatures, VoicePrompt, finish_fragment, sentence_seed
 from models.streaming import SentenceStream, StreamingConfig
+from deployments.model_registry import ModelRef
 from deployments.voice_store import VoiceRecord
 
 
@@ -25,24 +26,23 @@ class SynthesisJob:
     text: str
     language: str
     settings: SynthesisSettings
-    model_version: str
+    model: ModelRef  # one exact version for every stage of this request
     prompt_text: str  # the reference transcript (the voice's own unless the request overrides it)
     prompt_language: str
 
 
 class Stages(Protocol):
-    async def model_version(self, model_id: str) -> str: ...
     async def sentences(self, text: str, language: str, method: str) -> list[str]: ...
     async def text_features(self, text: str, language: str) -> TextFeatures: ...
     async def voice_prompt(self, voice: VoiceRecord, prompt_text: str, prompt_language: str,
-                           model_version: str) -> VoicePrompt: ...
+                           model_key: str) -> VoicePrompt: ...
     async def t2s(self, prompt: VoicePrompt, target: TextFeatures, settings: SynthesisSettings,
-                  seed: int, model_version: str) -> np.ndarray: ...
+                  seed: int, model_key: str) -> np.ndarray: ...
     def t2s_stream(self, prompt: VoicePrompt, target: TextFeatures, settings: SynthesisSettings, seed: int,
-                   model_version: str, chunk_sizes: tuple[int, int]) -> AsyncIterator[np.ndarray]: ...
+                   model_key: str, chunk_sizes: tuple[int, int]) -> AsyncIterator[np.ndarray]: ...
     async def latent(self, codes: np.ndarray, target: TextFeatures, prompt: VoicePrompt,
-                     settings: SynthesisSettings, seed: int, model_version: str) -> np.ndarray: ...
-    async def vocode(self, z: np.ndarray, prompt: VoicePrompt, model_version: str) -> np.ndarray: ...
+                     settings: SynthesisSettings, seed: int, model_key: str) -> np.ndarray: ...
+    async def vocode(self, z: np.ndarray, prompt: VoicePrompt, model_key: str) -> np.ndarray: ...
     async def forget_voice(self, voice_id: str) -> None: ...
     async def ready(self) -> bool: ...
 
@@ -64,7 +64,7 @@ class PreparedSynthesis:
         def start_t2s(index: int) -> asyncio.Task:
             seed = sentence_seed(job.settings.seed, index)
             return asyncio.ensure_future(
-                stages.t2s(self.prompt, features[index], job.settings, seed, job.model_version))
+                stages.t2s(self.prompt, features[index], job.settings, seed, job.model.key))
 
         pending = start_t2s(0)
         try:
@@ -72,8 +72,8 @@ class PreparedSynthesis:
                 codes = await pending
                 pending = start_t2s(index + 1) if index + 1 < len(features) else None
                 seed = sentence_seed(job.settings.seed, index)
-                z = await stages.latent(codes, target, self.prompt, job.settings, seed, job.model_version)
-                wav = await stages.vocode(z, self.prompt, job.model_version)
+                z = await stages.latent(codes, target, self.prompt, job.settings, seed, job.model.key)
+                wav = await stages.vocode(z, self.prompt, job.model.key)
                 yield finish_fragment(wav, job.settings.fragment_interval)
         finally:
             if pending is not None and not pending.done():
@@ -93,12 +93,12 @@ class PreparedSynthesis:
 
             async def step(final: bool) -> np.ndarray:
                 z = await stages.latent(stream.token_array(), target, self.prompt, job.settings, seed,
-                                        job.model_version)
+                                        job.model.key)
                 window = stream.window(z.shape[-1], final)
-                wav = await stages.vocode(z[:, :, window.start:window.stop], self.prompt, job.model_version)
+                wav = await stages.vocode(z[:, :, window.start:window.stop], self.prompt, job.model.key)
                 return stream.take(wav, window, final)
 
-            tokens = stages.t2s_stream(self.prompt, target, job.settings, seed, job.model_version,
+            tokens = stages.t2s_stream(self.prompt, target, job.settings, seed, job.model.key,
                                        config.chunk_sizes())
             try:
                 async for chunk in tokens:
@@ -118,7 +118,7 @@ class PreparedSynthesis:
 async def prepare(stages: Stages, job: SynthesisJob) -> PreparedSynthesis:
     sentences, prompt = await asyncio.gather(
         stages.sentences(job.text, job.language, job.settings.text_split_method),
-        stages.voice_prompt(job.voice, job.prompt_text, job.prompt_language, job.model_version),
+        stages.voice_prompt(job.voice, job.prompt_text, job.prompt_language, job.model.key),
     )
     return PreparedSynthesis(stages, job, sentences, prompt)
 

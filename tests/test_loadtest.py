@@ -56,7 +56,7 @@ def local_server(tmp_path_factory):
         from models.demo import build_demo_assets
         from models.pipeline import ModelPaths, Pipeline, load_reference_wav
         from serve_app.api import create_app
-        from serve_app.local import LocalStages
+        from serve_app.local import LocalStages, create_local_app
         from serve_app.settings import Settings
     except ImportError as exc:
         pytest.skip(f"the smoke run needs the demo pipeline, not importable yet: {exc}")
@@ -70,7 +70,7 @@ def local_server(tmp_path_factory):
     store.create(name="demo", voice_id="demo", transcript=assets["reference_text"],
                  language=assets["reference_language"], model_id=settings.model.model_id,
                  samples=load_reference_wav(assets["reference_wav"]), sample_rate=audio.SAMPLE_RATE)
-    app = create_app(LocalStages(Pipeline(paths), store), store, settings)
+    app = create_local_app(Pipeline(paths), settings)
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

@@ -155,7 +155,7 @@ def build_app(model, data_dir: Path):
     from models import audio
     from models.pipeline import load_reference_wav
     from serve_app.api import create_app
-    from serve_app.local import LocalStages
+    from serve_app.local import LocalStages, create_local_app
     from serve_app.settings import Limits, Settings
 
     class CountingStages(LocalStages):
@@ -176,7 +176,7 @@ def build_app(model, data_dir: Path):
                  language=assets["reference_language"], model_id="default",
                  samples=load_reference_wav(assets["reference_wav"]), sample_rate=audio.SAMPLE_RATE)
     stages = CountingStages(pipeline, store)
-    app = create_app(stages, store, settings)
+    app = create_local_app(pipeline, settings, stages=stages)
     mount_playground(app)
     return app, stages
 

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import io
+import socket
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import yaml
 
 from deployments.voice_store import VoiceStore
 from models import audio
@@ -58,11 +61,53 @@ def settings(tmp_path: Path) -> Settings:
 def client(settings, pipeline, demo_assets):
     from starlette.testclient import TestClient
 
-    from serve_app.api import create_app
-    from serve_app.local import LocalStages
+    from serve_app.local import create_local_app
 
     store = VoiceStore(settings.data_dir)
     register_demo_voice(store, demo_assets)
-    app = create_app(LocalStages(pipeline, store), store, settings)
+    app = create_local_app(pipeline, settings)
     with TestClient(app) as c:
         yield c
+
+
+ADMIN_KEY = "test-admin-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    """Deploy configs/cpu.yaml (demo model, temp data dir) exactly as `gsv-serve serve` does."""
+    import ray
+    from ray import serve
+    from ray.serve._private import api as serve_api
+    from ray.serve.schema import ServeDeploySchema
+
+    data_dir = tmp_path_factory.mktemp("served-data")
+    port = free_port()
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "cpu.yaml").read_text())
+    config["http_options"].update(host="127.0.0.1", port=port)
+    config["applications"][0]["args"]["data_dir"] = str(data_dir)
+    config["applications"][0]["args"]["admin_api_key"] = ADMIN_KEY
+    ray.init(num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1",
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    client = serve_api.serve_start(http_options=config["http_options"], proxy_location="HeadOnly")
+    client.deploy_apps(ServeDeploySchema.model_validate(config), _blocking=False)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        status = serve.status().applications.get("gsv")
+        if status is not None and status.status == "RUNNING":
+            break
+        assert status is None or status.status not in ("DEPLOY_FAILED",), status.message
+        time.sleep(1)
+    else:
+        pytest.fail("the Serve application did not become RUNNING in 240 s")
+    yield {"url": f"http://127.0.0.1:{port}", "data_dir": data_dir, "config": config, "client": client}
+    serve.shutdown()
+    ray.shutdown()
+
+

@@ -19,43 +19,6 @@ pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def served(tmp_path_factory):
-    """Deploy configs/cpu.yaml (demo model, temp data dir) exactly as `gsv-serve serve` does."""
-    import ray
-    from ray import serve
-    from ray.serve._private import api as serve_api
-    from ray.serve.schema import ServeDeploySchema
-
-    data_dir = tmp_path_factory.mktemp("served-data")
-    port = free_port()
-    config = yaml.safe_load((REPO / "configs" / "cpu.yaml").read_text())
-    config["http_options"].update(host="127.0.0.1", port=port)
-    config["applications"][0]["args"]["data_dir"] = str(data_dir)
-    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-    client = serve_api.serve_start(http_options=config["http_options"], proxy_location="HeadOnly")
-    client.deploy_apps(ServeDeploySchema.model_validate(config), _blocking=False)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        status = serve.status().applications.get("gsv")
-        if status is not None and status.status == "RUNNING":
-            break
-        assert status is None or status.status not in ("DEPLOY_FAILED",), status.message
-        time.sleep(1)
-    else:
-        pytest.fail("the Serve application did not become RUNNING in 240 s")
-    yield {"url": f"http://127.0.0.1:{port}", "data_dir": data_dir, "config": config}
-    serve.shutdown()
-    ray.shutdown()
-
-
 def speak(url: str, **overrides) -> requests.Response:
     body = {"model": "tts-1", "input": "Good morning, how are you today?", "voice": "demo",
             "response_format": "pcm", "language": "en", "seed": 5} | overrides

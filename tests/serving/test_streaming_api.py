@@ -46,14 +46,14 @@ def client_module(tmp_path_factory, pipeline, demo_assets):
 
     from deployments.voice_store import VoiceStore
     from serve_app.api import create_app
-    from serve_app.local import LocalStages
+    from serve_app.local import LocalStages, create_local_app
     from serve_app.settings import Settings
     from tests.serving.conftest import register_demo_voice
 
     settings = Settings(data_dir=str(tmp_path_factory.mktemp("stream-data")))
     store = VoiceStore(settings.data_dir)
     register_demo_voice(store, demo_assets)
-    with TestClient(create_app(LocalStages(pipeline, store), store, settings)) as c:
+    with TestClient(create_local_app(pipeline, settings)) as c:
         yield c
 
 
