@@ -23,7 +23,7 @@ from models.hubert import HubertFeatures
 from models.pipeline import VoicePrompt, reference_features
 from models.sovits import SoVITS
 
-CacheKey = tuple[str, str, str, str]  # voice id, model key (id@version), transcript, language
+CacheKey = tuple[str, str, str, str, str]  # voice id, emotion, model key (id@version), transcript, language
 
 
 @serve.deployment(name="SpeakerCache", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=32)
@@ -66,12 +66,13 @@ class SpeakerCacheDeployment:
         await self.get_model(model_key)
         return model_key
 
-    async def get(self, model_key: str, voice_id: str, transcript: str, language: str) -> VoicePrompt | StageError:
+    async def get(self, model_key: str, voice_id: str, emotion: str, transcript: str,
+                  language: str) -> VoicePrompt | StageError:
         try:
             self.registry.resolve(model_key)
         except RegistryError as exc:
             return StageError("model_version_unavailable", str(exc), 503)
-        key = (voice_id, model_key, transcript, language)
+        key = (voice_id, emotion, model_key, transcript, language)
         entry = self.entries.get(key)
         if entry is not None and time.monotonic() - entry[1] < self.ttl_s:
             self.entries.move_to_end(key)
@@ -86,7 +87,7 @@ class SpeakerCacheDeployment:
         future = asyncio.get_running_loop().create_future()
         self.inflight[key] = future
         try:
-            result = await self._compute(model_key, voice_id, transcript, language)
+            result = await self._compute(model_key, voice_id, emotion, transcript, language)
             if not isinstance(result, StageError):
                 self.entries[key] = (result, time.monotonic())
                 self._evict()
@@ -109,9 +110,10 @@ class SpeakerCacheDeployment:
         return {"entries": len(self.entries), "hits": self.hits, "misses": self.misses,
                 "evictions": self.evictions}
 
-    async def _compute(self, model_key: str, voice_id: str, transcript: str, language: str) -> VoicePrompt | StageError:
+    async def _compute(self, model_key: str, voice_id: str, emotion: str, transcript: str,
+                       language: str) -> VoicePrompt | StageError:
         try:
-            samples, sr = await asyncio.to_thread(self.store.reference_audio, voice_id)
+            samples, sr = await asyncio.to_thread(self.store.reference_audio, voice_id, emotion)
         except KeyError:
             return StageError("voice_not_found", f"no voice {voice_id!r}", 404)
         text_features = self.frontend.prompt_features.remote(transcript, language)

@@ -16,29 +16,44 @@ import secrets
 import shutil
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
 VOICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+EMOTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+DEFAULT_EMOTION = "default"
 
 
 @dataclass(frozen=True)
 class VoiceRecord:
+    """A voice: one reference clip per emotion (`default` always), each with its transcript."""
+
     id: str
     name: str
-    transcript: str
+    transcript: str  # of the default clip
     language: str
     model_id: str
     sample_rate: int
     duration_s: float
     created_at: float
+    emotions: dict = field(default_factory=dict)  # other emotions: name -> {"transcript", "language", "duration_s"}
+
+    def emotion_names(self) -> list[str]:
+        return [DEFAULT_EMOTION] + sorted(self.emotions)
+
+    def reference_for(self, emotion: str) -> tuple[str, str, str]:
+        """(emotion actually used, transcript, language); unknown emotions fall back to default."""
+        if emotion in self.emotions:
+            entry = self.emotions[emotion]
+            return emotion, entry["transcript"], entry["language"]
+        return DEFAULT_EMOTION, self.transcript, self.language
 
     def public(self) -> dict:
         return {"id": self.id, "object": "voice", "name": self.name, "transcript": self.transcript,
-                "language": self.language, "model": self.model_id,
+                "language": self.language, "model": self.model_id, "emotions": self.emotion_names(),
                 "duration_s": round(self.duration_s, 3), "created_at": int(self.created_at)}
 
 
@@ -71,10 +86,10 @@ class VoiceStore:
                 return record
         return None
 
-    def reference_audio(self, voice_id: str) -> tuple[np.ndarray, int]:
-        if not VOICE_ID_RE.match(voice_id):
+    def reference_audio(self, voice_id: str, emotion: str = DEFAULT_EMOTION) -> tuple[np.ndarray, int]:
+        if not VOICE_ID_RE.match(voice_id) or not EMOTION_RE.match(emotion):
             raise KeyError(voice_id)
-        path = self.root / voice_id / "reference.wav"
+        path = self.root / voice_id / _audio_name(emotion)
         if not path.exists():
             raise KeyError(voice_id)
         data, sr = sf.read(str(path), dtype="float32")
@@ -110,6 +125,34 @@ class VoiceStore:
                 raise VoiceStoreError(f"could not store the voice: {exc.strerror or exc}") from exc
         return record
 
+    def add_emotion(self, voice_id: str, emotion: str, transcript: str, language: str, samples: np.ndarray,
+                    sample_rate: int) -> VoiceRecord:
+        """Add (or replace) one emotion's reference clip. The clip is written first, then the
+        metadata is replaced atomically: a crash leaves the voice as it was or fully updated."""
+        if not EMOTION_RE.match(emotion) or emotion == DEFAULT_EMOTION:
+            raise ValueError(f"invalid emotion name {emotion!r}")
+        with self._lock:
+            folder = self.root / voice_id
+            record = self._read_meta(folder / "meta.json")
+            if record is None:
+                raise KeyError(voice_id)
+            entry = {"transcript": transcript, "language": language,
+                     "duration_s": len(samples) / float(sample_rate)}
+            updated = replace(record, emotions=record.emotions | {emotion: entry})
+            try:
+                tmp_audio = folder / f".{_audio_name(emotion)}.tmp"
+                sf.write(str(tmp_audio), samples.astype(np.float32), int(sample_rate), subtype="FLOAT",
+                         format="WAV")
+                _fsync_file(tmp_audio)
+                os.replace(tmp_audio, folder / _audio_name(emotion))
+                tmp_meta = folder / ".meta.json.tmp"
+                _write_json_durably(tmp_meta, asdict(updated))
+                os.replace(tmp_meta, folder / "meta.json")
+                _fsync_dir(folder)
+            except OSError as exc:
+                raise VoiceStoreError(f"could not store the emotion: {exc.strerror or exc}") from exc
+            return updated
+
     def delete(self, voice_id: str) -> bool:
         if not VOICE_ID_RE.match(voice_id):
             return False
@@ -138,6 +181,10 @@ class VoiceStore:
             return VoiceRecord(**json.loads(path.read_text("utf-8")))
         except (OSError, ValueError, TypeError):
             return None
+
+
+def _audio_name(emotion: str) -> str:
+    return "reference.wav" if emotion == DEFAULT_EMOTION else f"reference-{emotion}.wav"
 
 
 def _write_json_durably(path: Path, payload: dict) -> None:

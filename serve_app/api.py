@@ -11,6 +11,7 @@ import json
 import re
 import logging
 import secrets
+import time
 from typing import Any, AsyncIterator
 
 import numpy as np
@@ -31,8 +32,9 @@ from serve_app.model_admin import ModelAdmin
 from serve_app.schemas import ErrorBody, ModelUpdate, SamplingFields, SpeechRequest, TTSRequest
 from serve_app.settings import Settings
 from serve_app.synthesis import PreparedSynthesis, Stages, SynthesisJob, prepare
+from deployments import metrics
 from deployments.model_registry import ModelRef, ModelRegistry
-from deployments.voice_store import VoiceRecord, VoiceStore, VoiceStoreError
+from deployments.voice_store import DEFAULT_EMOTION, EMOTION_RE, VoiceRecord, VoiceStore, VoiceStoreError
 
 log = logging.getLogger("gsv.api")
 
@@ -62,7 +64,7 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
         body = error.body()
         if upstream_dialect(request):  # api_v2 clients read a top-level "message"
             body["message"] = error.message
-        return JSONResponse(body, status_code=error.status, headers=error.headers)
+        return JSONResponse(body, status_code=error.status, headers=error.headers | {"X-Error-Code": error.code})
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -88,6 +90,14 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(request, ApiError(exc.status_code, code, str(exc.detail)))
+
+    @app.middleware("http")
+    async def _count_requests(request: Request, call_next):
+        response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.request_done(getattr(route, "path", "unmatched"), response.status_code,
+                             response.headers.get("x-error-code", "ok"))
+        return response
 
     @app.middleware("http")
     async def _limit_body(request: Request, call_next):
@@ -145,12 +155,7 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
         name: str = Form("", description="a unique name (defaults to the id)"),
         model: str = Form("", description="the model this voice speaks with (default: the server's model)"),
     ) -> dict[str, Any]:
-        transcript = transcript.strip()
-        if not transcript:
-            raise bad_request("empty_transcript", "transcript must not be empty", "transcript")
-        if len(transcript) > limits.max_transcript_chars:
-            raise bad_request("transcript_too_long", f"transcript over {limits.max_transcript_chars} characters",
-                              "transcript")
+        transcript = check_transcript(transcript)
         language = check_language(language, "language")
         name = name.strip()
         if len(name) > limits.max_voice_name_chars:
@@ -161,21 +166,36 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
             raise ApiError(404, "unknown_model", f"unknown model {model!r}; see GET /v1/models", "model")
         if len(store.list()) >= limits.max_voices:
             raise ApiError(409, "too_many_voices", f"the server holds its maximum of {limits.max_voices} voices")
-        data = await file.read(limits.max_upload_bytes + 1)
-        try:
-            samples, sr = audio_io.decode_audio(data, max_bytes=limits.max_upload_bytes,
-                                                max_seconds=3 * limits.ref_max_seconds)
-            audio_io.validate_reference(samples, sr, limits.ref_min_seconds, limits.ref_max_seconds)
-        except audio_io.AudioInputError as exc:
-            raise bad_request(exc.code, exc.message, "file") from None
+        samples, sr = await read_reference(file)
         try:
             record = store.create(name=name, transcript=transcript, language=language,
                                   model_id=model or settings.model.model_id, samples=samples, sample_rate=sr)
-            if not name:
-                record = record  # id doubles as the name
         except VoiceStoreError as exc:
             raise ApiError(507, "storage_unavailable", str(exc)) from None
         return record.public() | {"name": record.name or record.id}
+
+    @app.post("/v1/voices/{voice_id}/emotions", tags=["voices"], status_code=201, responses=ERROR_RESPONSES)
+    async def add_emotion(
+        voice_id: str,
+        file: UploadFile = File(..., description="reference clip for this emotion, 3-10 s"),
+        emotion: str = Form(..., description="emotion name, e.g. happy, sad, angry"),
+        transcript: str = Form(..., description="what the clip says"),
+        language: str = Form(..., description="language of the transcript"),
+    ) -> dict[str, Any]:
+        record = find_voice(voice_id)
+        emotion = emotion.strip()
+        if not EMOTION_RE.match(emotion) or emotion == DEFAULT_EMOTION:
+            raise bad_request("invalid_emotion", "emotion names are 1-32 letters, digits, '-' or '_', not 'default'",
+                              "emotion")
+        transcript = check_transcript(transcript)
+        language = check_language(language, "language")
+        samples, sr = await read_reference(file)
+        try:
+            updated = store.add_emotion(record.id, emotion, transcript, language, samples, sr)
+        except VoiceStoreError as exc:
+            raise ApiError(507, "storage_unavailable", str(exc)) from None
+        await stages.forget_voice(record.id)  # a replaced clip must not be served from the cache
+        return updated.public()
 
     @app.get("/v1/voices", tags=["voices"])
     async def list_voices() -> dict[str, Any]:
@@ -203,8 +223,11 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
         model = resolve_model(body.model, voice)
         language = check_language(body.language or settings.default_language, "language")
         text = check_text(body.input, "input")
-        job = make_job(voice, model, text, language, body, speed=body.speed,
-                       prompt_text=voice.transcript, prompt_language=voice.language)
+        requested = body.emotion or (body.instructions.strip() if body.instructions
+                                     and body.instructions.strip() in voice.emotion_names() else None)
+        emotion, prompt_text, prompt_language = voice.reference_for(requested or DEFAULT_EMOTION)
+        job = make_job(voice, model, text, language, body, speed=body.speed, prompt_text=prompt_text,
+                       prompt_language=prompt_language, emotion=emotion, requested_emotion=requested)
         prepared = await prepare_or_fail(job)
         stream = body.stream or body.stream_format == "sse"
         if body.stream_format == "sse":
@@ -218,16 +241,18 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
         voice = find_voice(voice_key, param="voice")
         language = check_language(body.text_lang, "text_lang")
         text = check_text(body.text, "text")
-        prompt_text = body.prompt_text.strip() or voice.transcript
-        prompt_language = check_language(body.prompt_lang, "prompt_lang") if body.prompt_lang else voice.language
-        if body.prompt_text.strip() and not body.prompt_lang:
-            prompt_language = voice.language
+        emotion, prompt_text, prompt_language = voice.reference_for(body.emotion or DEFAULT_EMOTION)
+        if body.prompt_text.strip():  # upstream clients send the transcript with every request
+            prompt_text = body.prompt_text.strip()
+            if body.prompt_lang:
+                prompt_language = check_language(body.prompt_lang, "prompt_lang")
         mode = int(body.streaming_mode) if not isinstance(body.streaming_mode, bool) else int(body.streaming_mode)
         if mode not in (0, 1, 2, 3):
             raise bad_request("invalid_value", "streaming_mode must be 0, 1, 2, 3, true or false",
                               "streaming_mode")
         job = make_job(voice, resolve_model(None, voice), text, language, body, speed=body.speed_factor,
-                       prompt_text=prompt_text, prompt_language=prompt_language)
+                       prompt_text=prompt_text, prompt_language=prompt_language, emotion=emotion,
+                       requested_emotion=body.emotion)
         prepared = await prepare_or_fail(job)
         # api_v2: 1 = one piece per sentence, 2 and 3 = token-chunk streaming
         return await audio_response(prepared, TTS_MEDIA_TYPES[body.media_type], stream=mode != 0,
@@ -281,6 +306,26 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
                               param)
         return code
 
+    def check_transcript(transcript: str) -> str:
+        transcript = transcript.strip()
+        if not transcript:
+            raise bad_request("empty_transcript", "transcript must not be empty", "transcript")
+        if len(transcript) > limits.max_transcript_chars:
+            raise bad_request("transcript_too_long", f"transcript over {limits.max_transcript_chars} characters",
+                              "transcript")
+        return transcript
+
+    async def read_reference(file: UploadFile) -> tuple[np.ndarray, int]:
+        """An uploaded reference clip -> (samples, rate), or a 400 naming what is wrong with it."""
+        data = await file.read(limits.max_upload_bytes + 1)
+        try:
+            samples, sr = audio_io.decode_audio(data, max_bytes=limits.max_upload_bytes,
+                                                max_seconds=3 * limits.ref_max_seconds)
+            audio_io.validate_reference(samples, sr, limits.ref_min_seconds, limits.ref_max_seconds)
+        except audio_io.AudioInputError as exc:
+            raise bad_request(exc.code, exc.message, "file") from None
+        return samples, sr
+
     def check_text(text: str, param: str) -> str:
         if not text or not text.strip():
             raise bad_request("empty_text", "text must not be empty", param)
@@ -290,14 +335,16 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
         return text
 
     def make_job(voice: VoiceRecord, model: ModelRef, text: str, language: str, body: SamplingFields, speed: float,
-                 prompt_text: str, prompt_language: str) -> SynthesisJob:
+                 prompt_text: str, prompt_language: str, emotion: str = DEFAULT_EMOTION,
+                 requested_emotion: str | None = None) -> SynthesisJob:
         seed = body.seed if body.seed >= 0 else secrets.randbits(31)
         sampling = SamplingParams(top_k=body.top_k, top_p=body.top_p, temperature=body.temperature,
                                   repetition_penalty=body.repetition_penalty)
         synth = SynthesisSettings(sampling=sampling, text_split_method=body.text_split_method, speed=speed,
                                   fragment_interval=body.fragment_interval, seed=seed)
         return SynthesisJob(voice=voice, text=text, language=language, settings=synth, model=model,
-                            prompt_text=prompt_text, prompt_language=prompt_language)
+                            prompt_text=prompt_text, prompt_language=prompt_language, emotion=emotion,
+                            requested_emotion=requested_emotion or emotion)
 
     async def prepare_or_fail(job: SynthesisJob) -> PreparedSynthesis:
         prepared = await prepare(stages, job)
@@ -306,8 +353,10 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
         return prepared
 
     def audio_headers(prepared: PreparedSynthesis) -> dict[str, str]:
-        return {"X-Model-Id": prepared.job.model.model_id, "X-Model-Version": prepared.job.model.version,
-                "X-Seed": str(prepared.job.settings.seed),
+        job = prepared.job
+        fallback = {"X-Emotion-Fallback": job.requested_emotion} if job.requested_emotion != job.emotion else {}
+        return fallback | {"X-Model-Id": job.model.model_id, "X-Model-Version": job.model.version,
+                "X-Seed": str(job.settings.seed), "X-Emotion": job.emotion,
                 "X-Voice-Id": prepared.job.voice.id, "X-Sample-Rate": str(SAMPLE_RATE)}
 
     streaming = StreamingConfig(*settings.stream_chunk_tokens)
@@ -319,6 +368,7 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
         if not stream:
             parts = [part async for part in prepared.fragments()]
             samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+            record_rtf(prepared, samples.size)
             return Response(audio_io.encode_audio(samples, SAMPLE_RATE, fmt), media_type=info.media_type,
                             headers=headers)
         return StreamingResponse(stream_bytes(prepared, fmt, token_chunks), media_type=info.media_type,
@@ -330,16 +380,28 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
         if head:
             yield head
         parts = prepared.pieces(streaming) if token_chunks else prepared.fragments()
+        produced, first = 0, True
+        metrics.active_streams(+1)
         try:
             async for part in parts:
+                if first and part.size:
+                    metrics.ttfa(prepared.job.model.key, fmt, time.perf_counter() - prepared.started)
+                    first = False
+                produced += part.size
                 chunk = encoder.feed(part)
                 if chunk:
                     yield chunk
         finally:
+            metrics.active_streams(-1)
             await parts.aclose()  # the client went away: stop every stage's work for this request
+        record_rtf(prepared, produced)
         tail = encoder.close()
         if tail:
             yield tail
+
+    def record_rtf(prepared: PreparedSynthesis, samples: int) -> None:
+        if samples:
+            metrics.rtf(prepared.job.model.key, (time.perf_counter() - prepared.started) / (samples / SAMPLE_RATE))
 
     def sse_response(prepared: PreparedSynthesis, fmt: str) -> StreamingResponse:
         async def events() -> AsyncIterator[bytes]:

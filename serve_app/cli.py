@@ -44,7 +44,11 @@ def load_config(args: argparse.Namespace) -> dict[str, Any]:
     return config
 
 
-def serve_forever(config: dict[str, Any], num_cpus: float | None) -> None:
+def deploy_local(config: dict[str, Any], num_cpus: float | None = None, timeout_s: float = 300,
+                 env_vars: dict[str, str] | None = None) -> str:
+    """Start an embedded local Ray (if none is running) and apply a Serve config exactly as
+    `serve run CONFIG` would; wait until the application is RUNNING; return its base URL.
+    Shared by `gsv-serve serve`, the integration tests and the benchmarks."""
     import ray
     from ray import serve
     from ray.serve._private import api as serve_api
@@ -53,35 +57,54 @@ def serve_forever(config: dict[str, Any], num_cpus: float | None) -> None:
     schema = ServeDeploySchema.model_validate(config)
     http = config.get("http_options", {})
     host = http.get("host", "127.0.0.1")
-    # Build the demo model (if no checkpoints are configured) before Ray starts, with progress
-    # on this terminal; the app builder finds it ready.
-    from serve_app.model_files import ensure_demo_voice, resolve_model_paths
+    if not ray.is_initialized():
+        local = host in ("127.0.0.1", "localhost")
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
+                 _node_ip_address="127.0.0.1" if local else None,
+                 runtime_env={"env_vars": env_vars} if env_vars else None)
+    client = serve_api.serve_start(http_options=http, proxy_location=schema.proxy_location)
+    client.deploy_apps(schema, _blocking=False)
+    name = config["applications"][0]["name"]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = serve.status().applications.get(name)
+        if status is not None and status.status == "RUNNING":
+            break
+        if status is not None and status.status == "DEPLOY_FAILED":
+            raise RuntimeError(f"deploy failed: {status.message}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"application {name!r} not RUNNING after {timeout_s:.0f} s")
+        time.sleep(0.5)
+    return f"http://{host}:{http.get('port', 8000)}"
+
+
+def prepare_models(config: dict[str, Any]) -> None:
+    """Build the demo model (if no checkpoints are configured) and register the configured model
+    before Ray starts, with progress on this terminal; the app builder then finds them ready."""
+    from serve_app.model_files import ensure_demo_voice, register_declared_model, resolve_model_paths
     from serve_app.settings import Settings
 
     settings = Settings.from_args(config["applications"][0].get("args"))
-    resolve_model_paths(settings)
+    register_declared_model(settings, resolve_model_paths(settings))
     ensure_demo_voice(settings)
     if settings.model.is_demo:
         print("gsv-serve: no checkpoints configured: serving the built-in DEMO model "
               "(random weights, it speaks noise). Pass --gpt/--sovits/--hubert-dir/--bert-dir for a real voice.")
 
-    ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1"
-             if host in ("127.0.0.1", "localhost") else None, logging_level=logging.WARNING)
-    client = serve_api.serve_start(http_options=http, proxy_location=schema.proxy_location)
-    client.deploy_apps(schema, _blocking=False)
-    name = config["applications"][0]["name"]
-    url = f"http://{host}:{http.get('port', 8000)}"
-    print(f"gsv-serve: deploying application {name!r} ...", flush=True)
+
+def serve_forever(config: dict[str, Any], num_cpus: float | None) -> None:
+    from ray import serve
+
+    prepare_models(config)
+    print(f"gsv-serve: deploying {config['applications'][0]['name']!r} on a local Ray ...", flush=True)
     started = time.monotonic()
-    while True:
-        status = serve.status().applications.get(name)
-        if status is not None and status.status == "RUNNING":
-            break
-        if status is not None and status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
-            print(f"gsv-serve: deploy failed: {status.message}", file=sys.stderr)
-            raise SystemExit(1)
-        time.sleep(0.5)
-    print(f"gsv-serve: ready in {time.monotonic() - started:.1f} s at {url}  (docs: {url}/docs)", flush=True)
+    try:
+        url = deploy_local(config, num_cpus)
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"gsv-serve: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"gsv-serve: ready in {time.monotonic() - started:.1f} s at {url}  (playground: {url}/, API docs: {url}/docs)",
+          flush=True)
     try:
         while True:
             time.sleep(3600)

@@ -64,10 +64,10 @@ class GraphStages:
     async def text_features(self, text: str, language: str) -> TextFeatures:
         return _check(await self.frontend.text_features.remote((text, language)))
 
-    async def voice_prompt(self, voice: VoiceRecord, prompt_text: str, prompt_language: str,
+    async def voice_prompt(self, voice: VoiceRecord, emotion: str, prompt_text: str, prompt_language: str,
                            model_key: str) -> VoicePrompt:
         handle = self.speaker_cache.options(multiplexed_model_id=model_key)
-        return _check(await handle.get.remote(model_key, voice.id, prompt_text, prompt_language))
+        return _check(await handle.get.remote(model_key, voice.id, emotion, prompt_text, prompt_language))
 
     async def t2s(self, prompt: VoicePrompt, target: TextFeatures, settings: SynthesisSettings, seed: int,
                   model_key: str) -> np.ndarray:

@@ -61,13 +61,13 @@ class LocalStages:
         except ValueError as exc:
             raise _as_api_error(exc) from None
 
-    async def voice_prompt(self, voice: VoiceRecord, prompt_text: str, prompt_language: str,
+    async def voice_prompt(self, voice: VoiceRecord, emotion: str, prompt_text: str, prompt_language: str,
                            model_key: str) -> VoicePrompt:
         self._check_model(model_key)
-        key = (voice.id, model_key, prompt_text, prompt_language)
+        key = (voice.id, emotion, model_key, prompt_text, prompt_language)
         if key not in self.prompts:
             try:
-                samples, sr = self.store.reference_audio(voice.id)
+                samples, sr = self.store.reference_audio(voice.id, emotion)
             except KeyError:
                 raise ApiError(404, "voice_not_found", f"no voice {voice.id!r}") from None
             wav32k = audio.resample(samples, sr, audio.SAMPLE_RATE)

@@ -41,6 +41,8 @@ class SpeechRequest(SamplingFields):
     instructions: Optional[str] = Field(None, max_length=4000, description="accepted for compatibility")
     language: Optional[str] = Field(None, max_length=16, description="text language; default: the server's (auto)")
     stream: bool = Field(False, description="stream audio as it is synthesised (implied by stream_format=sse)")
+    emotion: Optional[str] = Field(None, max_length=32, description="which of the voice's clips; also taken from "
+                                   "`instructions` when that is exactly an emotion name; unknown -> default")
 
 
 class TTSRequest(SamplingFields):
@@ -49,6 +51,7 @@ class TTSRequest(SamplingFields):
     text: str
     text_lang: str = Field(..., max_length=16)
     voice: Optional[str] = Field(None, max_length=200, description="voice id or name (gsv-serve)")
+    emotion: Optional[str] = Field(None, max_length=32, description="which of the voice's clips (unknown -> default)")
     ref_audio_path: Optional[str] = Field(
         None, max_length=1000,
         description="only the file's base name is used, as a voice name; the path is never opened")

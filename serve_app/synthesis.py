@@ -8,7 +8,8 @@ Serve graph returns the samples the in-process Pipeline returns.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, replace
+import time
+from dataclasses import dataclass
 from typing import AsyncIterator, Protocol
 
 import numpy as np
@@ -29,12 +30,14 @@ class SynthesisJob:
     model: ModelRef  # one exact version for every stage of this request
     prompt_text: str  # the reference transcript (the voice's own unless the request overrides it)
     prompt_language: str
+    emotion: str = "default"  # which of the voice's reference clips
+    requested_emotion: str = "default"  # what the request asked for (differs when it fell back)
 
 
 class Stages(Protocol):
     async def sentences(self, text: str, language: str, method: str) -> list[str]: ...
     async def text_features(self, text: str, language: str) -> TextFeatures: ...
-    async def voice_prompt(self, voice: VoiceRecord, prompt_text: str, prompt_language: str,
+    async def voice_prompt(self, voice: VoiceRecord, emotion: str, prompt_text: str, prompt_language: str,
                            model_key: str) -> VoicePrompt: ...
     async def t2s(self, prompt: VoicePrompt, target: TextFeatures, settings: SynthesisSettings,
                   seed: int, model_key: str) -> np.ndarray: ...
@@ -51,8 +54,10 @@ class PreparedSynthesis:
     """A request whose sentences and voice prompt are ready: errors in those surface before any
     audio byte is sent, so a streamed response can still answer with a clean 4xx."""
 
-    def __init__(self, stages: Stages, job: SynthesisJob, sentences: list[str], prompt: VoicePrompt):
+    def __init__(self, stages: Stages, job: SynthesisJob, sentences: list[str], prompt: VoicePrompt,
+                 started: float):
         self.stages, self.job, self.sentences, self.prompt = stages, job, sentences, prompt
+        self.started = started  # perf_counter() when the request began: TTFA and RTF count from here
 
     async def fragments(self) -> AsyncIterator[np.ndarray]:
         """Yield each sentence's finished audio (float32, 32 kHz, pause appended), in order.
@@ -116,12 +121,9 @@ class PreparedSynthesis:
 
 
 async def prepare(stages: Stages, job: SynthesisJob) -> PreparedSynthesis:
+    started = time.perf_counter()
     sentences, prompt = await asyncio.gather(
         stages.sentences(job.text, job.language, job.settings.text_split_method),
-        stages.voice_prompt(job.voice, job.prompt_text, job.prompt_language, job.model.key),
+        stages.voice_prompt(job.voice, job.emotion, job.prompt_text, job.prompt_language, job.model.key),
     )
-    return PreparedSynthesis(stages, job, sentences, prompt)
-
-
-def with_seed(settings: SynthesisSettings, seed: int) -> SynthesisSettings:
-    return replace(settings, seed=seed)
+    return PreparedSynthesis(stages, job, sentences, prompt, started)

@@ -85,29 +85,16 @@ def served(tmp_path_factory):
     import ray
     from ray import serve
     from ray.serve._private import api as serve_api
-    from ray.serve.schema import ServeDeploySchema
+
+    from serve_app.cli import deploy_local
 
     data_dir = tmp_path_factory.mktemp("served-data")
-    port = free_port()
     config = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "cpu.yaml").read_text())
-    config["http_options"].update(host="127.0.0.1", port=port)
+    config["http_options"].update(host="127.0.0.1", port=free_port())
     config["applications"][0]["args"]["data_dir"] = str(data_dir)
     config["applications"][0]["args"]["admin_api_key"] = ADMIN_KEY
-    ray.init(num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1",
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-    client = serve_api.serve_start(http_options=config["http_options"], proxy_location="HeadOnly")
-    client.deploy_apps(ServeDeploySchema.model_validate(config), _blocking=False)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        status = serve.status().applications.get("gsv")
-        if status is not None and status.status == "RUNNING":
-            break
-        assert status is None or status.status not in ("DEPLOY_FAILED",), status.message
-        time.sleep(1)
-    else:
-        pytest.fail("the Serve application did not become RUNNING in 240 s")
-    yield {"url": f"http://127.0.0.1:{port}", "data_dir": data_dir, "config": config, "client": client}
+    url = deploy_local(config, num_cpus=8, timeout_s=240, env_vars={"OMP_NUM_THREADS": "1"})
+    client = serve_api.serve_start(http_options=config["http_options"])
+    yield {"url": url, "data_dir": data_dir, "config": config, "client": client}
     serve.shutdown()
     ray.shutdown()
-
-

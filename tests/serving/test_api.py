@@ -170,3 +170,40 @@ def test_oversized_body_is_refused_before_reading(client):
 def test_punctuation_only_text(client):
     response = speak(client, input="...!!!")
     assert response.status_code == 400 and error_code(response) == "empty_text"
+
+
+# ------------------------------------------------------------------------------------ emotions
+def add_emotion(client, emotion: str, voice: str = "demo"):
+    return client.post(f"/v1/voices/{voice}/emotions", files={"file": ("h.wav", wav_bytes(4.0, freq=330.0))},
+                       data={"emotion": emotion, "transcript": "I am so happy today.", "language": "en"})
+
+
+def test_voice_lists_its_emotions(client):
+    assert add_emotion(client, "happy").status_code == 201
+    assert client.get("/v1/voices/demo").json()["emotions"] == ["default", "happy"]
+
+
+def test_emotion_picks_its_own_reference_clip(client):
+    add_emotion(client, "happy")
+    default = speak(client, seed=4)
+    happy = speak(client, seed=4, emotion="happy")
+    assert happy.headers["x-emotion"] == "happy" and "x-emotion-fallback" not in happy.headers
+    assert happy.content != default.content
+
+
+def test_openai_instructions_that_name_an_emotion_select_it(client):
+    add_emotion(client, "sad")
+    assert speak(client, instructions="sad").headers["x-emotion"] == "sad"
+    assert speak(client, instructions="Speak slowly and clearly.").headers["x-emotion"] == "default"
+
+
+def test_unknown_emotion_falls_back_to_default_and_says_so(client):
+    response = speak(client, seed=4, emotion="furious")
+    assert response.status_code == 200
+    assert response.headers["x-emotion"] == "default" and response.headers["x-emotion-fallback"] == "furious"
+    assert response.content == speak(client, seed=4).content
+
+
+def test_invalid_emotion_name_is_refused(client):
+    response = add_emotion(client, "../etc")
+    assert response.status_code == 400 and error_code(response) == "invalid_emotion"

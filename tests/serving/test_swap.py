@@ -172,3 +172,51 @@ def test_two_models_serve_side_by_side_without_leaking(served, variants):
     assert len(results) == 18
     for model, status, content in results:
         assert status == 200 and content == alone[model], f"a {model} request got another model's audio"
+
+
+MODEL_STAGES = ("SpeakerCache", "GPT", "SoVITS", "Vocoder")
+
+
+def deploy_and_wait(served, config: dict, timeout: float = 240) -> None:
+    from ray import serve
+    from ray.serve.schema import ServeDeploySchema
+
+    served["client"].deploy_apps(ServeDeploySchema.model_validate(config), _blocking=False)
+    time.sleep(2)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        app = serve.status().applications.get("gsv")
+        if app is not None and app.status == "RUNNING" and all(
+                d.status == "HEALTHY" for d in app.deployments.values()):
+            return
+        time.sleep(1)
+    pytest.fail("the application did not settle")
+
+
+def with_replicas(config: dict, replicas: int, roll: str) -> dict:
+    """Fixed replica counts for the model stages, plus an env var whose change rolls every replica
+    (the same effect as deploying new code)."""
+    config = copy.deepcopy(config)
+    for deployment in config["applications"][0]["deployments"]:
+        if deployment["name"] in MODEL_STAGES + ("Frontend",):
+            deployment.pop("autoscaling_config", None)
+            deployment["num_replicas"] = replicas
+        options = deployment.setdefault("ray_actor_options", {})
+        options["runtime_env"] = {"env_vars": {"GSV_ROLL": roll}}
+    return config
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_rolling_replicas_under_load(served, replicas):
+    """A config/code change makes Serve replace every replica; requests keep succeeding.
+    (1 replica per stage: Serve starts the new replica before stopping the old one.)"""
+    url = served["url"]
+    deploy_and_wait(served, with_replicas(served["config"], replicas, roll=f"{replicas}-a"))
+    before = current(url)
+    with Load(url, clients=4) as load:
+        time.sleep(3)
+        deploy_and_wait(served, with_replicas(served["config"], replicas, roll=f"{replicas}-b"))
+        time.sleep(3)
+    failures = [(s, c[:200]) for s, v, c in load.results if s != 200]
+    assert not failures, f"{len(failures)} of {len(load.results)} requests failed during the roll: {failures[:3]}"
+    assert all((v, c) == before for _, v, c in load.results), "a roll must not change a request's audio"
