@@ -26,7 +26,7 @@ from models.streaming import StreamingConfig
 from models.t2s import SamplingParams
 from models.text.frontend import SUPPORTED_LANGUAGES
 from serve_app import audio_io
-from serve_app.errors import ApiError, bad_request, not_found
+from serve_app.errors import ApiError, bad_request
 from serve_app.playground import mount_playground
 from serve_app.model_admin import ModelAdmin
 from serve_app.schemas import ErrorBody, ModelUpdate, SamplingFields, SpeechRequest, TTSRequest

@@ -55,8 +55,7 @@ def local_server(tmp_path_factory):
         from models import audio
         from models.demo import build_demo_assets
         from models.pipeline import ModelPaths, Pipeline, load_reference_wav
-        from serve_app.api import create_app
-        from serve_app.local import LocalStages, create_local_app
+        from serve_app.local import create_local_app
         from serve_app.settings import Settings
     except ImportError as exc:
         pytest.skip(f"the smoke run needs the demo pipeline, not importable yet: {exc}")

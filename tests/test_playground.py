@@ -8,7 +8,6 @@ test-artifacts/playground.png.
 """
 from __future__ import annotations
 
-import io
 import json
 import re
 import socket
@@ -154,7 +153,6 @@ def build_app(model, data_dir: Path):
     from deployments.voice_store import VoiceStore
     from models import audio
     from models.pipeline import load_reference_wav
-    from serve_app.api import create_app
     from serve_app.local import LocalStages, create_local_app
     from serve_app.settings import Limits, Settings
 

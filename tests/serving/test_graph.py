@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import io
-import socket
 import time
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import numpy as np
 import pytest
 import requests
 import soundfile as sf
-import yaml
 
 from tests.serving.conftest import wav_bytes
 
@@ -32,7 +30,7 @@ def test_ready_and_healthy(served):
 
 def test_graph_returns_the_pipeline_samples(served):
     """Same request and seed: the Serve graph gives exactly the in-process Pipeline's samples."""
-    from models.pipeline import ModelPaths, Pipeline, SynthesisSettings, load_reference_wav, to_int16
+    from models.pipeline import ModelPaths, Pipeline, SynthesisSettings, to_int16
     from models.t2s import SamplingParams
     from serve_app.model_files import resolve_model_paths
     from serve_app.settings import Settings

@@ -45,8 +45,7 @@ def client_module(tmp_path_factory, pipeline, demo_assets):
     from starlette.testclient import TestClient
 
     from deployments.voice_store import VoiceStore
-    from serve_app.api import create_app
-    from serve_app.local import LocalStages, create_local_app
+    from serve_app.local import create_local_app
     from serve_app.settings import Settings
     from tests.serving.conftest import register_demo_voice
 
