@@ -58,8 +58,8 @@ class DecodeLoop:
 
     async def decode(self, prompt: VoicePrompt, target: TextFeatures, params: SamplingParams):
         """Yield (tokens, stop_reason) as they are decoded; stop_reason is None until the end."""
-        if self.waiting.qsize() >= self.max_queued:
-            yield StageError("overloaded", "the GPT stage queue is full; retry shortly", 503), "error"
+        if self.engine.free_slots == 0 and self.waiting.qsize() >= self.max_queued:
+            yield StageError("overloaded", "the GPT stage is at capacity; retry shortly", 503), "error"
             return
         request_id = next(self.ids)
         state = _Request()

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import json
@@ -12,6 +13,7 @@ import re
 import logging
 import secrets
 import time
+import uuid
 from typing import Any, AsyncIterator
 
 import numpy as np
@@ -93,7 +95,9 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
 
     @app.middleware("http")
     async def _count_requests(request: Request, call_next):
+        request_id = request.headers.get("x-request-id") or _serve_request_id() or uuid.uuid4().hex
         response = await call_next(request)
+        response.headers.setdefault("X-Request-Id", request_id)
         route = request.scope.get("route")
         metrics.request_done(getattr(route, "path", "unmatched"), response.status_code,
                              response.headers.get("x-error-code", "ok"))
@@ -347,7 +351,13 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
                             requested_emotion=requested_emotion or emotion)
 
     async def prepare_or_fail(job: SynthesisJob) -> PreparedSynthesis:
-        prepared = await prepare(stages, job)
+        deadline = asyncio.get_running_loop().time() + settings.request_timeout_s
+        try:
+            async with asyncio.timeout_at(deadline):
+                prepared = await prepare(stages, job)
+        except TimeoutError:
+            raise deadline_exceeded() from None
+        prepared.deadline = deadline
         if not prepared.sentences:
             raise bad_request("empty_text", "the text has nothing to speak (only punctuation or symbols)")
         return prepared
@@ -366,7 +376,11 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
         info = audio_io.FORMATS[fmt]
         headers = audio_headers(prepared)
         if not stream:
-            parts = [part async for part in prepared.fragments()]
+            try:
+                async with asyncio.timeout_at(prepared.deadline):  # cancels every stage call in flight
+                    parts = [part async for part in prepared.fragments()]
+            except TimeoutError:
+                raise deadline_exceeded() from None
             samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
             record_rtf(prepared, samples.size)
             return Response(audio_io.encode_audio(samples, SAMPLE_RATE, fmt), media_type=info.media_type,
@@ -383,14 +397,17 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
         produced, first = 0, True
         metrics.active_streams(+1)
         try:
-            async for part in parts:
-                if first and part.size:
-                    metrics.ttfa(prepared.job.model.key, fmt, time.perf_counter() - prepared.started)
-                    first = False
-                produced += part.size
-                chunk = encoder.feed(part)
-                if chunk:
-                    yield chunk
+            async with asyncio.timeout_at(prepared.deadline):
+                async for part in parts:
+                    if first and part.size:
+                        metrics.ttfa(prepared.job.model.key, fmt, time.perf_counter() - prepared.started)
+                        first = False
+                    produced += part.size
+                    chunk = encoder.feed(part)
+                    if chunk:
+                        yield chunk
+        except TimeoutError:  # headers are out: end the stream early (the audio so far stays valid)
+            log.warning("stream cut at the %.0f s deadline", settings.request_timeout_s)
         finally:
             metrics.active_streams(-1)
             await parts.aclose()  # the client went away: stop every stage's work for this request
@@ -417,6 +434,20 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
 
     mount_playground(app)
     return app
+
+
+def deadline_exceeded() -> ApiError:
+    return ApiError(504, "deadline_exceeded", "the synthesis took longer than the server's request timeout")
+
+
+def _serve_request_id() -> str | None:
+    """Ray Serve's id for this request (also in every stage's log lines), if we run in Serve."""
+    try:
+        from ray.serve.context import _get_serve_request_context
+
+        return _get_serve_request_context().request_id or None
+    except Exception:  # noqa: BLE001 - not inside Serve
+        return None
 
 
 def voice_name_from_path(path: str | None) -> str | None:

@@ -12,10 +12,12 @@ deployment's resources, autoscaling and batch settings come from that file.
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any, AsyncIterator
 
 import numpy as np
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.common import StageError
@@ -34,10 +36,30 @@ from serve_app.model_files import ensure_demo_voice, register_declared_model, re
 from serve_app.settings import Settings
 
 
+RETRY_AFTER_S = "2"
+
+
 def _check(result: Any) -> Any:
     if isinstance(result, StageError):
-        raise ApiError(result.status, result.code, result.message)
+        headers = {"Retry-After": RETRY_AFTER_S} if result.status == 503 else {}
+        raise ApiError(result.status, result.code, result.message, headers=headers)
     return result
+
+
+def _overloaded(exc: BackPressureError) -> ApiError:
+    return ApiError(503, "overloaded", f"a stage is at capacity ({exc}); retry shortly",
+                    headers={"Retry-After": RETRY_AFTER_S})
+
+
+def _fast_503(method):
+    """A stage whose queue is full (`max_queued_requests`) answers at once: 503 + Retry-After."""
+    @functools.wraps(method)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await method(*args, **kwargs)
+        except BackPressureError as exc:
+            raise _overloaded(exc) from None
+    return wrapper
 
 
 class GraphStages:
@@ -53,22 +75,27 @@ class GraphStages:
     def model_stages(self) -> dict[str, DeploymentHandle]:
         return {"speaker_cache": self.speaker_cache, "gpt": self.gpt, "sovits": self.sovits, "vocoder": self.vocoder}
 
+    @_fast_503
     async def warm(self, model_key: str) -> None:
         """Load a version in every model stage (the swap waits for this before switching)."""
         await asyncio.gather(*(h.options(multiplexed_model_id=model_key).warm.remote(model_key)
                                for h in self.model_stages().values()))
 
+    @_fast_503
     async def sentences(self, text: str, language: str, method: str) -> list[str]:
         return _check(await self.frontend.sentences.remote(text, language, method))
 
+    @_fast_503
     async def text_features(self, text: str, language: str) -> TextFeatures:
         return _check(await self.frontend.text_features.remote((text, language)))
 
+    @_fast_503
     async def voice_prompt(self, voice: VoiceRecord, emotion: str, prompt_text: str, prompt_language: str,
                            model_key: str) -> VoicePrompt:
         handle = self.speaker_cache.options(multiplexed_model_id=model_key)
         return _check(await handle.get.remote(model_key, voice.id, emotion, prompt_text, prompt_language))
 
+    @_fast_503
     async def t2s(self, prompt: VoicePrompt, target: TextFeatures, settings: SynthesisSettings, seed: int,
                   model_key: str) -> np.ndarray:
         handle = self.gpt.options(multiplexed_model_id=model_key)
@@ -82,20 +109,26 @@ class GraphStages:
         try:
             async for chunk in responses:
                 yield _check(chunk)
+        except BackPressureError as exc:
+            raise _overloaded(exc) from None
         finally:
             responses.cancel()  # a no-op once the stream finished; stops the decode if we left early
 
+    @_fast_503
     async def latent(self, codes: np.ndarray, target: TextFeatures, prompt: VoicePrompt,
                      settings: SynthesisSettings, seed: int, model_key: str) -> np.ndarray:
         item = (model_key, codes, target.phone_ids, prompt.ge, settings.noise_scale, settings.speed, seed)
         return await self.sovits.options(multiplexed_model_id=model_key).latent.remote(item)
 
+    @_fast_503
     async def vocode(self, z: np.ndarray, prompt: VoicePrompt, model_key: str) -> np.ndarray:
         return await self.vocoder.options(multiplexed_model_id=model_key).vocode.remote((model_key, z, prompt.ge))
 
+    @_fast_503
     async def forget_voice(self, voice_id: str) -> None:
         await self.speaker_cache.forget.remote(voice_id)
 
+    @_fast_503
     async def ready(self) -> bool:
         return True  # the ingress only takes traffic once Serve reports every deployment healthy
 

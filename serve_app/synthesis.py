@@ -58,6 +58,7 @@ class PreparedSynthesis:
                  started: float):
         self.stages, self.job, self.sentences, self.prompt = stages, job, sentences, prompt
         self.started = started  # perf_counter() when the request began: TTFA and RTF count from here
+        self.deadline = float("inf")  # event-loop time after which the request is cancelled
 
     async def fragments(self) -> AsyncIterator[np.ndarray]:
         """Yield each sentence's finished audio (float32, 32 kHz, pause appended), in order.

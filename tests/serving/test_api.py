@@ -206,3 +206,24 @@ def test_unknown_emotion_falls_back_to_default_and_says_so(client):
 def test_invalid_emotion_name_is_refused(client):
     response = add_emotion(client, "../etc")
     assert response.status_code == 400 and error_code(response) == "invalid_emotion"
+
+
+def test_every_response_carries_a_request_id(client):
+    assert len(client.get("/healthz").headers["x-request-id"]) >= 16
+    assert client.get("/healthz", headers={"X-Request-Id": "abc-123"}).headers["x-request-id"] == "abc-123"
+
+
+def test_request_over_its_deadline_is_answered_504(settings, pipeline, demo_assets):
+    from dataclasses import replace
+
+    from starlette.testclient import TestClient
+
+    from deployments.voice_store import VoiceStore
+    from serve_app.local import create_local_app
+    from tests.serving.conftest import register_demo_voice
+
+    hurried = replace(settings, request_timeout_s=0.001)
+    register_demo_voice(VoiceStore(hurried.data_dir), demo_assets)
+    with TestClient(create_local_app(pipeline, hurried)) as client:
+        response = speak(client)
+    assert response.status_code == 504 and error_code(response) == "deadline_exceeded"

@@ -132,3 +132,29 @@ def test_eight_concurrent_streams_over_http(served):
         together = list(pool.map(one, range(8)))
     assert together[0] == one(0)  # continuous batching does not change a request's audio
     assert len(set(together)) == 8
+
+
+def test_overload_answers_503_with_retry_after_at_once(served):
+    """GPT slots full and its wait queue at `max_queued` (0 here): extra requests are refused fast."""
+    import concurrent.futures
+
+    from tests.serving.test_swap import deploy_and_wait
+
+    def with_gpt_queue(max_queued: int) -> dict:
+        config = copy.deepcopy(served["config"])
+        for deployment in config["applications"][0]["deployments"]:
+            if deployment["name"] == "GPT":
+                deployment["user_config"] = {"max_queued": max_queued}
+        return config
+
+    deploy_and_wait(served, with_gpt_queue(0))
+    try:
+        long_text = "A long sentence that keeps the decoder busy for a good while, on purpose. " * 2
+        with concurrent.futures.ThreadPoolExecutor(14) as pool:
+            responses = list(pool.map(lambda s: speak(served["url"], input=long_text, seed=s), range(14)))
+        refused = [r for r in responses if r.status_code == 503]
+        assert refused, [r.status_code for r in responses]
+        assert all(r.json()["error"]["code"] == "overloaded" and r.headers["retry-after"] for r in refused)
+        assert all(r.status_code in (200, 503) for r in responses)
+    finally:
+        deploy_and_wait(served, with_gpt_queue(256))
