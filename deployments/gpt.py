@@ -103,9 +103,10 @@ class DecodeLoop:
         while True:
             while self.to_cancel:
                 self.engine.cancel(self.to_cancel.pop())
-            admitted = []
-            while self.engine.free_slots > 0 and not self.waiting.empty():
+            admitted, free = [], self.engine.free_slots
+            while free > 0 and not self.waiting.empty():
                 admitted.append(self.waiting.get_nowait())
+                free -= 1
             if admitted:
                 for request_id, message in await asyncio.to_thread(self._admit, admitted):
                     if request_id in self.requests:
