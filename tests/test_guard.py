@@ -508,9 +508,11 @@ def test_real_decoder_failures_are_caught_and_retried(branching):
 
 
 def test_guarded_decoding_is_deterministic(branching):
-    runs = [guarded_generate(lambda s: decode(branching, s), seed, CTX, cap=200) for seed in (3, 4, 5, 6) for _ in (0, 1)]
+    runs = [guarded_generate(lambda s: decode(branching, s), seed, CTX, cap=200)
+            for seed in (3, 4, 5, 6) for _ in (0, 1)]
     for a, b in zip(runs[::2], runs[1::2]):
         assert torch.equal(a[0].tokens, b[0].tokens) and a[1] == b[1] and a[2] == b[2]
+    assert {r[1] for r in runs} == {1, 2}  # healthy and retried sentences both repeat exactly
 
 
 def test_crafted_run_and_cap():
