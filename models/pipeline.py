@@ -22,7 +22,8 @@ from models import audio
 from models.audio import to_int16  # noqa: F401  (re-exported: the Pipeline's final conversion)
 from models.hubert import HubertFeatures
 from models.sovits import SoVITS
-from models.streaming import StreamingConfig, run_sentence
+from models.guard import GuardConfig, GuardedStream, SentenceContext, SentenceOutcome, guard_cap, guarded_generate
+from models.streaming import SentenceStream, StreamingConfig
 from models.t2s import SamplingParams, Text2Semantic, generate, generate_stream, upstream_sovits_codes
 from models.text.frontend import TextFrontend
 from models.text.split import SPLITS
@@ -86,6 +87,15 @@ class SynthesisSettings:
     noise_scale: float = 0.5
     fragment_interval: float = 0.3
     seed: int = 0
+    guard: GuardConfig = field(default_factory=GuardConfig)
+
+    def guard_context(self, prompt: "VoicePrompt", target: "TextFeatures") -> SentenceContext:
+        """What the generation guard checks one sentence's tokens against (models/guard.py)."""
+        return SentenceContext.from_request(prompt.prompt_tokens, prompt.prompt_phones, target.phone_ids, self.guard)
+
+    @property
+    def guard_cap(self) -> int | None:
+        return guard_cap(self.sampling.max_new_tokens)
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,15 +219,21 @@ class Pipeline:
         for index, sentence in enumerate(self.sentences(text, lang, settings.text_split_method)):
             seed = sentence_seed(settings.seed, index)
             target = self.text_features(sentence, lang)
-            params = settings.sampling.with_seed(seed)
             phones, bert = t2s_inputs(prompt, target)
-            result = generate(self.t2s, torch.from_numpy(phones), torch.from_numpy(bert),
-                              torch.from_numpy(prompt.prompt_tokens), params)
+
+            def decode(attempt_seed: int | None):
+                return generate(self.t2s, torch.from_numpy(phones), torch.from_numpy(bert),
+                                torch.from_numpy(prompt.prompt_tokens), settings.sampling.with_seed(attempt_seed))
+
+            result, attempts, verdicts = guarded_generate(
+                decode, seed, settings.guard_context(prompt, target), settings.guard, cap=settings.guard_cap,
+                tokens_of=upstream_sovits_codes)
             codes = upstream_sovits_codes(result).cpu().numpy().astype(np.int64)
             z = latent(self.sovits, codes, target.phone_ids, prompt.ge, settings.noise_scale, settings.speed, seed)
             yield {"sentence": sentence, "all_phones": phones, "bert": bert, "prompt": prompt.prompt_tokens,
                    "tokens": result.tokens.cpu().numpy(), "codes": codes, "text": target.phone_ids,
-                   "wav": vocode(self.vocoder, z, prompt.ge)}
+                   "wav": vocode(self.vocoder, z, prompt.ge),
+                   "guard": SentenceOutcome.from_attempts(index, attempts, verdicts)}
 
     def synthesize_stream(self, prompt: VoicePrompt, text: str, lang: str,
                           settings: SynthesisSettings) -> Iterator[np.ndarray]:
@@ -228,21 +244,40 @@ class Pipeline:
     def synthesize_streaming(self, prompt: VoicePrompt, text: str, lang: str, settings: SynthesisSettings,
                              config: StreamingConfig | None = None) -> Iterator[np.ndarray]:
         """Token-chunk streaming: T2S yields chunks, each becomes audio as soon as it is stable
-        (see models/streaming.py); after each sentence its pause. The reference for the Serve
-        graph's streamed responses."""
+        (see models/streaming.py), under the generation guard; after each sentence its pause.
+        The reference for the Serve graph's streamed responses."""
         config = config or StreamingConfig()
         for index, sentence in enumerate(self.sentences(text, lang, settings.text_split_method)):
             seed = sentence_seed(settings.seed, index)
             target = self.text_features(sentence, lang)
             phones, bert = t2s_inputs(prompt, target)
-            chunks = (c.numpy() for c in generate_stream(
-                self.t2s, torch.from_numpy(phones), torch.from_numpy(bert), torch.from_numpy(prompt.prompt_tokens),
-                settings.sampling.with_seed(seed), chunk_sizes=config.chunk_sizes()))
-            yield from run_sentence(
-                chunks,
-                lambda tokens: latent(self.sovits, tokens, target.phone_ids, prompt.ge, settings.noise_scale,
-                                      settings.speed, seed),
-                lambda z: vocode(self.vocoder, z, prompt.ge), config, settings.speed)
+
+            def open_stream(attempt_seed: int | None):
+                return (c.numpy() for c in generate_stream(
+                    self.t2s, torch.from_numpy(phones), torch.from_numpy(bert),
+                    torch.from_numpy(prompt.prompt_tokens), settings.sampling.with_seed(attempt_seed),
+                    chunk_sizes=config.chunk_sizes()))
+
+            def step(stream: SentenceStream, final: bool) -> np.ndarray:
+                z = latent(self.sovits, stream.token_array(), target.phone_ids, prompt.ge, settings.noise_scale,
+                           settings.speed, seed)
+                window = stream.window(z.shape[-1], final)
+                return stream.take(vocode(self.vocoder, z[:, :, window.start:window.stop], prompt.ge), window, final)
+
+            guarded = GuardedStream(open_stream, seed, settings.guard_context(prompt, target), settings.guard,
+                                    cap=settings.guard_cap, chunk_sizes=config.chunk_sizes(), index=index)
+            stream, current, sent = SentenceStream(config, settings.speed), 0, False
+            for attempt, chunk in guarded.chunks_sync(committed=lambda: sent):
+                if attempt != current:  # a retried attempt: nothing of the dropped one was heard
+                    stream, current = SentenceStream(config, settings.speed), attempt
+                stream.add(chunk)
+                if stream.ready():
+                    piece = step(stream, final=False)
+                    if piece.size:
+                        sent = True
+                        yield piece
+            if stream.ready(final=True):
+                yield step(stream, final=True)
             yield np.zeros(int(audio.SAMPLE_RATE * settings.fragment_interval), dtype=np.float32)
 
     def synthesize(self, prompt: VoicePrompt, text: str, lang: str, settings: SynthesisSettings) -> np.ndarray:

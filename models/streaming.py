@@ -13,20 +13,16 @@ exist. The scheme:
 * Consecutive pieces overlap by `crossfade_samples`, joined with an equal-power (sin/cos) fade, so
   no discontinuity is audible where a piece computed with less context meets the next one.
 
-The state lives in `SentenceStream` (plain numpy); the two model calls are passed in, so the same
-logic runs in-process (`Pipeline`) and across Ray Serve deployments (the ingress holds the state).
+The state lives in `SentenceStream` (plain numpy) and the caller makes the two model calls, so the
+same logic runs in-process (`Pipeline`) and across Ray Serve deployments (the ingress holds the state).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from models.audio import HOP_LENGTH
-
-LatentFn = Callable[[np.ndarray], np.ndarray]  # tokens [n] -> z [1, C, F]
-VocodeFn = Callable[[np.ndarray], np.ndarray]  # z window [1, C, f] -> wav [f * HOP_LENGTH]
 
 
 @dataclass(frozen=True)
@@ -64,8 +60,8 @@ class SentenceStream:
             w = stream.window(z.shape[-1])
             piece = stream.take(vocode(z[:, :, w.start:w.stop]), w)
 
-    and once the tokens are complete the same with `final=True` (always ready). `run_sentence`
-    below drives it with plain callables; the Serve ingress drives it with stage calls.
+    and once the tokens are complete the same with `final=True` (always ready). `Pipeline`
+    drives it with in-process model calls, the Serve ingress with stage calls.
     """
 
     config: StreamingConfig = field(default_factory=StreamingConfig)
@@ -113,23 +109,3 @@ class SentenceStream:
     def _frames(self, n_tokens: int) -> int:
         """Latent frames covering the first `n_tokens` tokens (stretched by 1/speed)."""
         return max(0, int(2 * n_tokens / self.speed))
-
-
-def run_sentence(chunks: Iterable[np.ndarray], latent_fn: LatentFn, vocode_fn: VocodeFn,
-                 config: StreamingConfig | None = None, speed: float = 1.0) -> Iterator[np.ndarray]:
-    """Drive a SentenceStream over token chunks with in-process model calls; yield audio pieces."""
-    stream = SentenceStream(config or StreamingConfig(), speed)
-
-    def step(final: bool) -> np.ndarray:
-        z = latent_fn(stream.token_array())
-        w = stream.window(z.shape[-1], final)
-        return stream.take(vocode_fn(z[:, :, w.start:w.stop]), w, final)
-
-    for chunk in chunks:
-        stream.add(chunk)
-        if stream.ready():
-            piece = step(final=False)
-            if piece.size:
-                yield piece
-    if stream.ready(final=True):
-        yield step(final=True)

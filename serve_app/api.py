@@ -23,11 +23,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.audio import SAMPLE_RATE
+from models.guard import HEADER as GUARD_HEADER
+from models.guard import GuardConfig
 from models.pipeline import SynthesisSettings
 from models.streaming import StreamingConfig
 from models.t2s import SamplingParams
 from models.text.frontend import SUPPORTED_LANGUAGES
 from serve_app import audio_io
+from serve_app.dialects import UPSTREAM_PATHS, mount_dialects, read_json_object
 from serve_app.errors import ApiError, bad_request
 from serve_app.playground import mount_playground
 from serve_app.model_admin import ModelAdmin
@@ -57,10 +60,11 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
     app = FastAPI(title="gsv-serve", version="0.1.0",
                   description="GPT-SoVITS voices on Ray Serve: OpenAI-compatible speech, upstream /tts, voices.")
     limits = settings.limits
+    guard_config = GuardConfig.from_dict(settings.guard)
 
     # ---------------------------------------------------------------------------------- errors
     def upstream_dialect(request: Request) -> bool:
-        return request.url.path in ("/tts", "/")
+        return request.url.path in UPSTREAM_PATHS
 
     def error_response(request: Request, error: ApiError) -> JSONResponse:
         body = error.body()
@@ -262,21 +266,34 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
         return await audio_response(prepared, TTS_MEDIA_TYPES[body.media_type], stream=mode != 0,
                                     token_chunks=mode >= 2)
 
-    @app.post("/tts", tags=["upstream api_v2"], responses=ERROR_RESPONSES)
-    async def tts_post(body: TTSRequest) -> Response:
-        return await tts_common(body)
+    @app.post("/tts", tags=["upstream api_v2"], responses=ERROR_RESPONSES, openapi_extra={"requestBody": {
+        "required": True, "content": {"application/json": {"schema": TTSRequest.model_json_schema()}}}})
+    async def tts_post(request: Request) -> Response:
+        params = await read_json_object(request)
+        response = await dialects.gsvi_response(params)  # GSVI's JSON form (cha_name, text_language, ...)
+        if response is not None:
+            return response
+        return await tts_common(validated_tts(params))
 
     @app.get("/tts", tags=["upstream api_v2"], responses=ERROR_RESPONSES)
     async def tts_get(request: Request) -> Response:
         params: dict[str, Any] = dict(request.query_params)
+        response = await dialects.gsvi_response(params)  # GSVI's query form (cha_name, text_language, ...)
+        if response is not None:
+            return response
         for key in ("text_lang", "prompt_lang"):
             if key in params:
                 params[key] = params[key].lower()
+        return await tts_common(validated_tts(params))
+
+    def validated_tts(params: dict[str, Any]) -> TTSRequest:
         try:
-            body = TTSRequest.model_validate(params)
+            return TTSRequest.model_validate(params)
         except Exception as exc:  # pydantic.ValidationError
             raise RequestValidationError(exc.errors(include_url=False)) from None  # type: ignore[attr-defined]
-        return await tts_common(body)
+
+    # SillyTavern (GET /speakers, POST /) and GSVI (/character_list, ...) over the same /tts machinery
+    dialects = mount_dialects(app, store, tts_common)
 
     # ---------------------------------------------------------------------------------- helpers
     def check_admin(request: Request) -> None:
@@ -345,7 +362,7 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
         sampling = SamplingParams(top_k=body.top_k, top_p=body.top_p, temperature=body.temperature,
                                   repetition_penalty=body.repetition_penalty)
         synth = SynthesisSettings(sampling=sampling, text_split_method=body.text_split_method, speed=speed,
-                                  fragment_interval=body.fragment_interval, seed=seed)
+                                  fragment_interval=body.fragment_interval, seed=seed, guard=guard_config)
         return SynthesisJob(voice=voice, text=text, language=language, settings=synth, model=model,
                             prompt_text=prompt_text, prompt_language=prompt_language, emotion=emotion,
                             requested_emotion=requested_emotion or emotion)
@@ -374,7 +391,6 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
     async def audio_response(prepared: PreparedSynthesis, fmt: str, stream: bool,
                              token_chunks: bool = True) -> Response:
         info = audio_io.FORMATS[fmt]
-        headers = audio_headers(prepared)
         if not stream:
             try:
                 async with asyncio.timeout_at(prepared.deadline):  # cancels every stage call in flight
@@ -383,10 +399,11 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
                 raise deadline_exceeded() from None
             samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
             record_rtf(prepared, samples.size)
+            headers = audio_headers(prepared) | {GUARD_HEADER: prepared.guard_log.header_value()}
             return Response(audio_io.encode_audio(samples, SAMPLE_RATE, fmt), media_type=info.media_type,
                             headers=headers)
         return StreamingResponse(stream_bytes(prepared, fmt, token_chunks), media_type=info.media_type,
-                                 headers=headers)
+                                 headers=audio_headers(prepared))
 
     async def stream_bytes(prepared: PreparedSynthesis, fmt: str, token_chunks: bool = True) -> AsyncIterator[bytes]:
         encoder = audio_io.open_stream(fmt, SAMPLE_RATE)
@@ -428,7 +445,8 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
                 payload = {"type": "speech.audio.delta", "audio": base64.b64encode(chunk).decode()}
                 yield f"data: {json.dumps(payload)}\n\n".encode()
             done = {"type": "speech.audio.done", "usage": {"input_tokens": len(prepared.job.text),
-                                                           "output_tokens": total, "total_tokens": total}}
+                                                           "output_tokens": total, "total_tokens": total},
+                    "generation_guard": prepared.guard_log.header_value()}
             yield f"data: {json.dumps(done)}\n\n".encode()
         return StreamingResponse(events(), media_type="text/event-stream", headers=audio_headers(prepared))
 

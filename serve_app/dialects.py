@@ -45,9 +45,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from deployments.voice_store import DEFAULT_EMOTION, VoiceRecord, VoiceStore
 from models.audio import SAMPLE_RATE
-from serve_app import silk
+from serve_app import audio_io, silk
 from serve_app.errors import ApiError, bad_request
-from serve_app.schemas import TTSRequest
+from serve_app.schemas import ErrorBody, TTSRequest
 
 TTSHandler = Callable[[TTSRequest], Awaitable[Response]]
 
@@ -62,6 +62,21 @@ UPSTREAM_PATHS = ("/", "/tts", *GSVI_ROUTE_ALIASES)
 # browser clients fetch() these cross-origin (SillyTavern runs on its own port)
 CORS_PATHS = frozenset({"/", "/speakers", "/tts", "/character_list", "/voice/speakers", *GSVI_ROUTE_ALIASES})
 VOICE_LIST_LANGUAGES = ["zh", "en", "ja", "ko", "yue"]
+
+# OpenAPI: what the synthesis routes answer
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "invalid request"},
+    404: {"model": ErrorBody, "description": "unknown voice"},
+    413: {"model": ErrorBody, "description": "request too large"},
+}
+_AUDIO: dict[int | str, dict[str, Any]] = {200: {"description": "audio", "content": {
+    media: {} for media in sorted({f.media_type for f in audio_io.FORMATS.values()} | {silk.MEDIA_TYPE})}}}
+_SPEAKERS_SCHEMA = {"type": "array", "items": {"type": "object", "required": ["name", "voice_id"], "properties": {
+    "name": {"type": "string"}, "voice_id": {"type": "string"}}}}
+_CHARACTERS_SCHEMA = {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}}
+_VOICE_SPEAKERS_SCHEMA = {"type": "object", "additionalProperties": {"type": "array", "items": {
+    "type": "object", "required": ["id", "name", "lang"], "properties": {
+        "id": {"type": "integer"}, "name": {"type": "string"}, "lang": {"type": "array", "items": {"type": "string"}}}}}}
 
 # upstream GPT-SoVITS UI labels -> language codes (v2 table); GSVI clients send these
 LANGUAGE_LABELS = {
@@ -302,7 +317,7 @@ class Dialects:
                 raise ApiError(404, "voice_not_found", "no voices yet; create one with POST /v1/voices", "cha_name")
             record, key_emotion = voices[0], None
         top_k, top_p = req.top_k, req.top_p
-        if top_k <= 0:  # GSVI/upstream: 0 = no top-k limit
+        if top_k <= 0:  # GSVI's slider starts at 0; keeping no token is meaningless: read it as "no limit"
             top_k = 1024
         if top_p <= 0:  # nucleus of nothing keeps only the most likely token: that is top_k = 1
             top_k, top_p = 1, 1.0
@@ -334,12 +349,15 @@ class Dialects:
 
     # -- mounting ----------------------------------------------------------------------------
     def mount(self, app: FastAPI) -> None:
-        @app.get("/speakers", tags=["SillyTavern"], summary="Voices for SillyTavern's GPT-SoVITS providers")
+        @app.get("/speakers", tags=["SillyTavern"], summary="Voices for SillyTavern's GPT-SoVITS providers",
+                 responses={200: {"content": {"application/json": {"schema": _SPEAKERS_SCHEMA}}}})
         async def speakers() -> JSONResponse:
             return JSONResponse(self.speakers())
 
-        @app.post("/", tags=["SillyTavern"], summary="SillyTavern GPT-SoVITS-V2 / adapter synthesis (api_v2 JSON)",
-                  responses={200: {"content": {"audio/ogg": {}, "audio/wav": {}, silk.MEDIA_TYPE: {}}}})
+        @app.post("/", tags=["SillyTavern"], summary="SillyTavern GPT-SoVITS-V2 / adapter synthesis",
+                  response_class=Response, responses=_AUDIO | _ERRORS,
+                  description="api_v2 JSON fields (text, text_lang, media_type, streaming_mode, ...); the "
+                              "voice is the base name of `ref_audio_path`, or `target_voice`, or `voice`.")
         async def root_post(request: Request) -> Response:
             body, to_silk = self.sillytavern_request(await read_json_object(request))
             if to_silk:
@@ -347,11 +365,13 @@ class Dialects:
             response = await self.tts(body)
             return _silk_response(response) if to_silk else response
 
-        @app.get("/character_list", tags=["GSVI"], summary="GSVI: characters and their emotions")
+        @app.get("/character_list", tags=["GSVI"], summary="GSVI: characters and their emotions",
+                 responses={200: {"content": {"application/json": {"schema": _CHARACTERS_SCHEMA}}}})
         async def character_list() -> JSONResponse:
             return JSONResponse(self.character_list())
 
-        @app.get("/voice/speakers", tags=["GSVI"], summary="GSVI / vits-simple-api speaker list")
+        @app.get("/voice/speakers", tags=["GSVI"], summary="GSVI / vits-simple-api speaker list",
+                 responses={200: {"content": {"application/json": {"schema": _VOICE_SPEAKERS_SCHEMA}}}})
         async def voice_speakers() -> JSONResponse:
             names = list(self.character_list())
             entries = [{"id": i, "name": name, "lang": VOICE_LIST_LANGUAGES} for i, name in enumerate(names)]
@@ -364,8 +384,13 @@ class Dialects:
             return response
 
         for path in GSVI_ROUTE_ALIASES:
-            app.add_api_route(path, gsvi_route, methods=["GET", "POST"], tags=["GSVI"],
-                              summary="GSVI synthesis (route alias)", name=f"gsvi{path.replace('/', '_')}")
+            for method in ("GET", "POST"):
+                app.add_api_route(path, gsvi_route, methods=[method], tags=["GSVI"], response_class=Response,
+                                  responses=_AUDIO | _ERRORS, name=f"gsvi{path.replace('/', '_')}_{method.lower()}",
+                                  summary="GSVI synthesis (route alias of GSVI's /tts)",
+                                  description="GSVI parameters (text, cha_name/character, character_emotion, "
+                                              "text_language, format, stream, ...) in the query (GET) or JSON "
+                                              "(POST).")
 
         app.add_middleware(DialectCORS, paths=CORS_PATHS)
 

@@ -52,6 +52,7 @@ class Settings:
     models_dir: str = ""  # admin model swaps may only name checkpoints inside this folder
     admin_api_key: str = ""  # bearer token for model admin routes; empty = those routes are off
     request_timeout_s: float = 300.0  # a synthesis over this is cancelled in every stage (504)
+    guard: dict = field(default_factory=dict)  # models.guard.GuardConfig overrides (thresholds, retries)
 
     @classmethod
     def from_args(cls, args: dict[str, Any] | None) -> "Settings":

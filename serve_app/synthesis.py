@@ -16,7 +16,9 @@ import numpy as np
 
 from models.audio import SAMPLE_RATE
 from models.pipeline import SynthesisSettings, TextFeatures, VoicePrompt, finish_fragment, sentence_seed
+from models.guard import GuardedStream, GuardLog, SentenceOutcome, guarded_generate_async
 from models.streaming import SentenceStream, StreamingConfig
+from deployments import guard_metrics
 from deployments.model_registry import ModelRef
 from deployments.voice_store import VoiceRecord
 
@@ -59,6 +61,7 @@ class PreparedSynthesis:
         self.stages, self.job, self.sentences, self.prompt = stages, job, sentences, prompt
         self.started = started  # perf_counter() when the request began: TTFA and RTF count from here
         self.deadline = float("inf")  # event-loop time after which the request is cancelled
+        self.guard_log = GuardLog()  # one outcome per sentence: the X-Generation-Guard header
 
     async def fragments(self) -> AsyncIterator[np.ndarray]:
         """Yield each sentence's finished audio (float32, 32 kHz, pause appended), in order.
@@ -69,13 +72,19 @@ class PreparedSynthesis:
 
         def start_t2s(index: int) -> asyncio.Task:
             seed = sentence_seed(job.settings.seed, index)
-            return asyncio.ensure_future(
-                stages.t2s(self.prompt, features[index], job.settings, seed, job.model.key))
+
+            async def decode(attempt_seed: int | None) -> np.ndarray:
+                return await stages.t2s(self.prompt, features[index], job.settings, attempt_seed, job.model.key)
+
+            return asyncio.ensure_future(guarded_generate_async(
+                decode, seed, job.settings.guard_context(self.prompt, features[index]), job.settings.guard,
+                cap=job.settings.guard_cap))
 
         pending = start_t2s(0)
         try:
             for index, target in enumerate(features):
-                codes = await pending
+                codes, attempts, verdicts = await pending
+                self._record(SentenceOutcome.from_attempts(index, attempts, verdicts))
                 pending = start_t2s(index + 1) if index + 1 < len(features) else None
                 seed = sentence_seed(job.settings.seed, index)
                 z = await stages.latent(codes, target, self.prompt, job.settings, seed, job.model.key)
@@ -85,17 +94,18 @@ class PreparedSynthesis:
             if pending is not None and not pending.done():
                 pending.cancel()
 
-
     async def pieces(self, config: StreamingConfig) -> AsyncIterator[np.ndarray]:
         """Token-chunk streaming: each sentence's audio leaves in pieces while T2S still decodes
-        it (models/streaming.py has the scheme), then the sentence's pause. Leaving the loop early
-        (client gone) closes the T2S stream, which stops decoding that request."""
+        it (models/streaming.py has the scheme), under the generation guard (a failure seen
+        before the sentence's first audio is retried unheard, later ones are cut), then the
+        sentence's pause. Leaving the loop early (client gone) closes the T2S stream, which stops
+        decoding that request."""
         job, stages = self.job, self.stages
         features = await asyncio.gather(*(stages.text_features(s, job.language) for s in self.sentences))
         pause = np.zeros(int(SAMPLE_RATE * job.settings.fragment_interval), dtype=np.float32)
         for index, target in enumerate(features):
             seed = sentence_seed(job.settings.seed, index)
-            stream = SentenceStream(config, job.settings.speed)
+            stream, current, sent = SentenceStream(config, job.settings.speed), 0, False
 
             async def step(final: bool) -> np.ndarray:
                 z = await stages.latent(stream.token_array(), target, self.prompt, job.settings, seed,
@@ -104,21 +114,35 @@ class PreparedSynthesis:
                 wav = await stages.vocode(z[:, :, window.start:window.stop], self.prompt, job.model.key)
                 return stream.take(wav, window, final)
 
-            tokens = stages.t2s_stream(self.prompt, target, job.settings, seed, job.model.key,
-                                       config.chunk_sizes())
+            def open_stream(attempt_seed: int | None, target: TextFeatures = target) -> AsyncIterator[np.ndarray]:
+                return stages.t2s_stream(self.prompt, target, job.settings, attempt_seed, job.model.key,
+                                         config.chunk_sizes())
+
+            guarded = GuardedStream(open_stream, seed, job.settings.guard_context(self.prompt, target),
+                                    job.settings.guard, cap=job.settings.guard_cap, chunk_sizes=config.chunk_sizes(),
+                                    index=index)
+            chunks = guarded.chunks(committed=lambda: sent)
             try:
-                async for chunk in tokens:
+                async for attempt, chunk in chunks:
+                    if attempt != current:  # a retried attempt: nothing of the dropped one was heard
+                        stream, current = SentenceStream(config, job.settings.speed), attempt
                     stream.add(chunk)
                     if stream.ready():
                         piece = await step(final=False)
                         if piece.size:
+                            sent = True
                             yield piece
             finally:
-                await tokens.aclose()
+                await chunks.aclose()
+            if guarded.outcome is not None:
+                self._record(guarded.outcome)
             if stream.ready(final=True):
                 yield await step(final=True)
             if pause.size:
                 yield pause
+
+    def _record(self, outcome: SentenceOutcome) -> None:
+        guard_metrics.record_outcome(self.job.model.key, self.guard_log.add(outcome))
 
 
 async def prepare(stages: Stages, job: SynthesisJob) -> PreparedSynthesis:
