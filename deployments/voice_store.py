@@ -40,6 +40,7 @@ class VoiceRecord:
     duration_s: float
     created_at: float
     emotions: dict = field(default_factory=dict)  # other emotions: name -> {"transcript", "language", "duration_s"}
+    tenant: str = ""  # the owner; "" = public (visible to every tenant, e.g. the demo voice)
 
     def emotion_names(self) -> list[str]:
         return [DEFAULT_EMOTION] + sorted(self.emotions)
@@ -100,13 +101,13 @@ class VoiceStore:
 
     # -- writes --------------------------------------------------------------------------
     def create(self, name: str, transcript: str, language: str, model_id: str, samples: np.ndarray,
-               sample_rate: int, voice_id: str | None = None) -> VoiceRecord:
+               sample_rate: int, voice_id: str | None = None, tenant: str = "") -> VoiceRecord:
         voice_id = voice_id or "voice_" + secrets.token_hex(6)
         if not VOICE_ID_RE.match(voice_id):
             raise ValueError(f"invalid voice id {voice_id!r}")
         record = VoiceRecord(id=voice_id, name=name, transcript=transcript, language=language,
                              model_id=model_id, sample_rate=int(sample_rate),
-                             duration_s=len(samples) / float(sample_rate), created_at=time.time())
+                             duration_s=len(samples) / float(sample_rate), created_at=time.time(), tenant=tenant)
         with self._lock:
             final = self.root / voice_id
             if final.exists():

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import json
 import re
 import logging
 import secrets
 import time
 import uuid
+from contextvars import ContextVar
 from typing import Any, AsyncIterator
 
 import numpy as np
@@ -30,6 +30,7 @@ from models.streaming import StreamingConfig
 from models.t2s import SamplingParams
 from models.text.frontend import SUPPORTED_LANGUAGES
 from serve_app import audio_io
+from serve_app.auth import LOCAL_TENANT, Authenticator, KeyStore, Principal
 from serve_app.dialects import UPSTREAM_PATHS, mount_dialects, read_json_object
 from serve_app.errors import ApiError, bad_request
 from serve_app.playground import mount_playground
@@ -43,6 +44,9 @@ from deployments.voice_store import DEFAULT_EMOTION, EMOTION_RE, VoiceRecord, Vo
 
 log = logging.getLogger("gsv.api")
 
+# reachable without a key: health, the playground page (it asks for a key itself), the API docs
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+current_principal: ContextVar[Principal] = ContextVar("gsv_principal", default=Principal(LOCAL_TENANT, True, "local"))
 OPENAI_MODEL_ALIASES = ("gpt-sovits", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # upstream api_v2 media types -> our formats
@@ -60,6 +64,8 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
     app = FastAPI(title="gsv-serve", version="0.1.0",
                   description="GPT-SoVITS voices on Ray Serve: OpenAI-compatible speech, upstream /tts, voices.")
     limits = settings.limits
+    authenticator = Authenticator(KeyStore(settings.data_dir), settings.require_auth, settings.admin_api_key,
+                                  settings.rate_limit_per_s, settings.rate_burst, settings.max_streams_per_key)
     guard_config = GuardConfig.from_dict(settings.guard)
 
     # ---------------------------------------------------------------------------------- errors
@@ -96,6 +102,21 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(request, ApiError(exc.status_code, code, str(exc.detail)))
+
+    @app.middleware("http")
+    async def _authenticate(request: Request, call_next):
+        if request.url.path in OPEN_PATHS or request.url.path.startswith("/static/") or request.method == "OPTIONS":
+            return await call_next(request)
+        try:
+            principal = authenticator.authenticate(request.headers.get("authorization"))
+            authenticator.check_rate(principal)
+        except ApiError as exc:
+            return error_response(request, exc)
+        token = current_principal.set(principal)
+        try:
+            return await call_next(request)
+        finally:
+            current_principal.reset(token)
 
     @app.middleware("http")
     async def _count_requests(request: Request, call_next):
@@ -146,7 +167,8 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
     async def put_model(model_id: str, body: ModelUpdate, request: Request) -> dict[str, Any]:
         """Admin: load a new version (checkpoints inside the models folder), warm it in every
         stage, then switch new requests to it. Requests in flight finish on the old version."""
-        check_admin(request)
+        if not current_principal.get().admin:
+            raise ApiError(403, "forbidden", "model swaps need an admin API key")
         if not MODEL_ID_RE.match(model_id):
             raise bad_request("invalid_model_id", "model ids are letters, digits, '-', '_' and '.'", "model_id")
         if admin is None:
@@ -174,10 +196,14 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
             raise ApiError(404, "unknown_model", f"unknown model {model!r}; see GET /v1/models", "model")
         if len(store.list()) >= limits.max_voices:
             raise ApiError(409, "too_many_voices", f"the server holds its maximum of {limits.max_voices} voices")
+        tenant = current_principal.get().tenant
+        if sum(1 for r in store.list() if r.tenant == tenant) >= limits.max_voices_per_tenant:
+            raise ApiError(409, "too_many_voices", f"this tenant holds its maximum of {limits.max_voices_per_tenant} voices")
         samples, sr = await read_reference(file)
         try:
             record = store.create(name=name, transcript=transcript, language=language,
-                                  model_id=model or settings.model.model_id, samples=samples, sample_rate=sr)
+                                  model_id=model or settings.model.model_id, samples=samples, sample_rate=sr,
+                                  tenant=tenant)
         except VoiceStoreError as exc:
             raise ApiError(507, "storage_unavailable", str(exc)) from None
         return record.public() | {"name": record.name or record.id}
@@ -207,7 +233,8 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
 
     @app.get("/v1/voices", tags=["voices"])
     async def list_voices() -> dict[str, Any]:
-        return {"object": "list", "data": [r.public() for r in store.list()]}
+        principal = current_principal.get()
+        return {"object": "list", "data": [r.public() for r in store.list() if principal.can_see(r.tenant)]}
 
     @app.get("/v1/voices/{voice_id}", tags=["voices"], responses=ERROR_RESPONSES)
     async def get_voice(voice_id: str) -> dict[str, Any]:
@@ -296,14 +323,6 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
     dialects = mount_dialects(app, store, tts_common)
 
     # ---------------------------------------------------------------------------------- helpers
-    def check_admin(request: Request) -> None:
-        if not settings.admin_api_key:
-            raise ApiError(403, "admin_disabled", "model administration is off (set admin_api_key / GSV_ADMIN_KEY)")
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {settings.admin_api_key}".encode()):
-            raise ApiError(401, "unauthorized", "an admin API key is required (Authorization: Bearer ...)",
-                           headers={"WWW-Authenticate": "Bearer"})
-
     def resolve_model(requested: str | None, voice: VoiceRecord) -> ModelRef:
         """The OpenAI `model` field names a registered model, or is an alias (tts-1, ...) for the
         voice's own model."""
@@ -314,8 +333,9 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
         return ref
 
     def find_voice(key: str, param: str | None = None) -> VoiceRecord:
+        """A voice the caller may use: another tenant's voice answers exactly like a missing one."""
         record = store.get(key)
-        if record is None:
+        if record is None or not current_principal.get().can_see(record.tenant):
             raise ApiError(404, "voice_not_found", f"no voice {key!r}; see GET /v1/voices", param)
         return record
 
@@ -402,8 +422,21 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
             headers = audio_headers(prepared) | {GUARD_HEADER: prepared.guard_log.header_value()}
             return Response(audio_io.encode_audio(samples, SAMPLE_RATE, fmt), media_type=info.media_type,
                             headers=headers)
-        return StreamingResponse(stream_bytes(prepared, fmt, token_chunks), media_type=info.media_type,
-                                 headers=audio_headers(prepared))
+        return StreamingResponse(counted_stream(stream_bytes(prepared, fmt, token_chunks)),
+                                 media_type=info.media_type, headers=audio_headers(prepared))
+
+    def counted_stream(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """Hold one of the caller's concurrent-stream slots (429 when none is free) while `body` runs."""
+        principal = current_principal.get()
+        authenticator.open_stream(principal)
+
+        async def run() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in body:
+                    yield chunk
+            finally:
+                authenticator.close_stream(principal)
+        return run()
 
     async def stream_bytes(prepared: PreparedSynthesis, fmt: str, token_chunks: bool = True) -> AsyncIterator[bytes]:
         encoder = audio_io.open_stream(fmt, SAMPLE_RATE)
@@ -448,7 +481,8 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
                                                            "output_tokens": total, "total_tokens": total},
                     "generation_guard": prepared.guard_log.header_value()}
             yield f"data: {json.dumps(done)}\n\n".encode()
-        return StreamingResponse(events(), media_type="text/event-stream", headers=audio_headers(prepared))
+        return StreamingResponse(counted_stream(events()), media_type="text/event-stream",
+                                 headers=audio_headers(prepared))
 
     mount_playground(app)
     return app

@@ -4,6 +4,7 @@
                     [--gpt X.ckpt --sovits Y.pth --hubert-dir DIR --bert-dir DIR]
     gsv-serve config [same flags]      print the resolved Serve config (for `serve deploy`)
     gsv-serve demo-assets DIR          write the demo model files
+    gsv-serve create-key --tenant T [--admin] [--data-dir D]   an API key (shown once, stored hashed)
 
 `serve` applies the Serve config exactly as `serve run CONFIG` would (every deployment's resources,
 autoscaling and user_config), after filling in the command-line overrides.
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from serve_app.auth import KeyStore, binds_beyond_loopback
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cpu.yaml"
 log = logging.getLogger("gsv.cli")
@@ -41,6 +44,8 @@ def load_config(args: argparse.Namespace) -> dict[str, Any]:
         app_args["device"] = args.device
     data_dir = args.data_dir or os.environ.get("GSV_DATA_DIR") or app_args.get("data_dir", "./data")
     app_args["data_dir"] = str(Path(data_dir).expanduser().resolve())
+    if binds_beyond_loopback(http.get("host", "127.0.0.1")):
+        app_args["require_auth"] = True  # never serve voices unauthenticated beyond this machine
     return config
 
 
@@ -131,10 +136,17 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--num-cpus", type=float, default=None, help="logical CPUs for the local Ray")
     demo = sub.add_parser("demo-assets")
     demo.add_argument("dest")
+    keys = sub.add_parser("create-key", help="create an API key for a tenant (printed once; stored hashed)")
+    keys.add_argument("--tenant", required=True)
+    keys.add_argument("--admin", action="store_true", help="may swap models and see every tenant")
+    keys.add_argument("--data-dir", default=os.environ.get("GSV_DATA_DIR", "./data"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
-    if args.command == "demo-assets":
+    if args.command == "create-key":
+        key, record = KeyStore(Path(args.data_dir).expanduser().resolve()).create(args.tenant, args.admin)
+        print(f"tenant {record.tenant} ({'admin' if record.admin else 'user'}), key id {record.key_id}:\n{key}")
+    elif args.command == "demo-assets":
         from models.demo import build_demo_assets
 
         for key, value in build_demo_assets(Path(args.dest)).items():

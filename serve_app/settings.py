@@ -19,6 +19,7 @@ class Limits:
     ref_min_seconds: float = 3.0
     ref_max_seconds: float = 10.0
     max_voices: int = 1000
+    max_voices_per_tenant: int = 100
     max_transcript_chars: int = 500
     max_voice_name_chars: int = 100
 
@@ -53,6 +54,10 @@ class Settings:
     admin_api_key: str = ""  # bearer token for model admin routes; empty = those routes are off
     request_timeout_s: float = 300.0  # a synthesis over this is cancelled in every stage (504)
     guard: dict = field(default_factory=dict)  # models.guard.GuardConfig overrides (thresholds, retries)
+    require_auth: bool = False  # set by `gsv-serve serve` whenever it binds beyond loopback
+    rate_limit_per_s: float = 0.0  # requests per second per API key (0 = off); bursts of rate_burst
+    rate_burst: int = 20
+    max_streams_per_key: int = 0  # concurrent streamed responses per API key (0 = unlimited)
 
     @classmethod
     def from_args(cls, args: dict[str, Any] | None) -> "Settings":

@@ -90,7 +90,7 @@ def current(url: str) -> tuple[str, bytes]:
 
 
 def test_admin_swap_requires_the_admin_key(served, variants):
-    assert put_model(served["url"], *variants["b"], key="wrong").status_code == 401
+    assert put_model(served["url"], *variants["b"], key="wrong").status_code == 403
 
 
 @pytest.mark.parametrize("gpt,sovits,code", [

@@ -1,0 +1,126 @@
+"""API keys, tenants and per-key limits on the HTTP API (in-process server)."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from starlette.testclient import TestClient
+
+from deployments.voice_store import VoiceStore
+from serve_app.auth import KeyStore
+from serve_app.local import create_local_app
+from tests.serving.conftest import register_demo_voice, wav_bytes
+
+
+@pytest.fixture
+def secured(settings, pipeline, demo_assets):
+    """A server that requires keys, with tenants `alice` and `bob` and one admin key."""
+    settings = replace(settings, require_auth=True, rate_limit_per_s=0.0)
+    keys = KeyStore(settings.data_dir)
+    alice, _ = keys.create("alice")
+    bob, _ = keys.create("bob")
+    admin, _ = keys.create("ops", admin=True)
+    register_demo_voice(VoiceStore(settings.data_dir), demo_assets)
+    with TestClient(create_local_app(pipeline, settings)) as client:
+        yield client, {"alice": alice, "bob": bob, "admin": admin}, settings
+
+
+def auth(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def upload(client, key: str, name: str):
+    return client.post("/v1/voices", headers=auth(key), files={"file": ("v.wav", wav_bytes(4.0))},
+                       data={"transcript": "Hello there.", "language": "en", "name": name})
+
+
+def speak(client, key: str, voice: str):
+    return client.post("/v1/audio/speech", headers=auth(key), json={
+        "input": "Hello.", "voice": voice, "language": "en", "response_format": "pcm", "seed": 1})
+
+
+def test_keys_are_stored_hashed(secured):
+    _, keys, settings = secured
+    stored = open(f"{settings.data_dir}/api_keys.json").read()
+    assert all(key not in stored for key in keys.values())
+
+
+def test_requests_without_a_valid_key_are_refused(secured):
+    client, _, _ = secured
+    assert client.get("/v1/voices").status_code == 401
+    response = client.get("/v1/voices", headers=auth("gsv_wrong"))
+    assert response.status_code == 401 and response.json()["error"]["code"] == "unauthorized"
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_health_and_the_playground_need_no_key(secured):
+    client, _, _ = secured
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/").status_code == 200
+
+
+def test_other_tenants_voice_is_a_404_like_a_missing_one(secured):
+    client, keys, _ = secured
+    voice_id = upload(client, keys["alice"], "alices").json()["id"]
+    assert speak(client, keys["alice"], voice_id).status_code == 200
+    theirs = client.get(f"/v1/voices/{voice_id}", headers=auth(keys["bob"]))
+    missing = client.get("/v1/voices/voice_doesnotexist", headers=auth(keys["bob"]))
+    assert theirs.status_code == missing.status_code == 404
+    assert theirs.json()["error"]["code"] == missing.json()["error"]["code"] == "voice_not_found"
+    assert speak(client, keys["bob"], voice_id).status_code == 404
+    assert client.delete(f"/v1/voices/{voice_id}", headers=auth(keys["bob"])).status_code == 404
+    assert voice_id not in [v["id"] for v in client.get("/v1/voices", headers=auth(keys["bob"])).json()["data"]]
+    assert client.get(f"/v1/voices/{voice_id}", headers=auth(keys["alice"])).status_code == 200
+
+
+def test_admin_sees_every_tenant(secured):
+    client, keys, _ = secured
+    voice_id = upload(client, keys["alice"], "seen").json()["id"]
+    assert client.get(f"/v1/voices/{voice_id}", headers=auth(keys["admin"])).status_code == 200
+
+
+def test_model_swap_needs_the_admin_scope(secured):
+    client, keys, _ = secured
+    body = {"gpt": "a.ckpt", "sovits": "b.pth"}
+    assert client.put("/v1/models/default", json=body, headers=auth(keys["alice"])).status_code == 403
+
+
+def test_voices_per_tenant_limit(secured, pipeline):
+    client, keys, settings = secured
+    limited = replace(settings, limits=replace(settings.limits, max_voices_per_tenant=1))
+    with TestClient(create_local_app(pipeline, limited)) as c:
+        assert upload(c, keys["bob"], "one").status_code == 201
+        second = upload(c, keys["bob"], "two")
+        assert second.status_code == 409 and second.json()["error"]["code"] == "too_many_voices"
+        assert upload(c, keys["alice"], "hers").status_code == 201  # another tenant's quota
+
+
+def test_rate_limit_answers_429_with_retry_after(settings, pipeline, demo_assets):
+    limited = replace(settings, require_auth=True, rate_limit_per_s=0.5, rate_burst=2)
+    key, _ = KeyStore(limited.data_dir).create("carol")
+    with TestClient(create_local_app(pipeline, limited)) as client:
+        statuses = [client.get("/v1/voices", headers=auth(key)) for _ in range(4)]
+    assert [r.status_code for r in statuses][:2] == [200, 200]
+    refused = statuses[-1]
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["error"]["code"] == "rate_limited"
+
+
+def test_concurrent_streams_per_key_are_capped(settings, pipeline, demo_assets):
+    capped = replace(settings, require_auth=True, max_streams_per_key=1)
+    key, _ = KeyStore(capped.data_dir).create("dave")
+    register_demo_voice(VoiceStore(capped.data_dir), demo_assets)
+    body = {"input": "Streaming now. And more.", "voice": "demo", "language": "en", "response_format": "pcm",
+            "stream": True}
+    with TestClient(create_local_app(pipeline, capped)) as client:
+        with client.stream("POST", "/v1/audio/speech", json=body, headers=auth(key)) as first:
+            assert first.status_code == 200
+            second = client.post("/v1/audio/speech", json=body, headers=auth(key))
+            assert second.status_code == 429 and second.json()["error"]["code"] == "too_many_streams"
+            b"".join(first.iter_bytes())
+        again = client.post("/v1/audio/speech", json=body, headers=auth(key))
+        assert again.status_code == 200
+
+
+def test_loopback_without_keys_needs_no_auth(client):
+    assert client.get("/v1/voices").status_code == 200
