@@ -203,7 +203,8 @@ class Pipeline:
 
     def text_features(self, text: str, lang: str) -> TextFeatures:
         (phones, bert, norm_text), = self.frontend.process_batch([(text, lang)])
-        return TextFeatures(np.asarray(phones, dtype=np.int64), np.asarray(bert, dtype=np.float32), norm_text)
+        bert = bert.float().cpu().numpy() if isinstance(bert, torch.Tensor) else np.asarray(bert, dtype=np.float32)
+        return TextFeatures(np.asarray(phones, dtype=np.int64), bert, norm_text)
 
     def voice_prompt(self, wav32k: np.ndarray, prompt_text: str, prompt_lang: str) -> VoicePrompt:
         tokens, ge = reference_features(self.hubert, self.sovits, wav32k)
