@@ -35,10 +35,15 @@ parity: install
 	    --golden $(SHARED)/reference/gpt_sovits_v2/golden/tiny_seed1234_A \
 	    --ckpt $(SHARED)/reference/gpt_sovits_v2/checkpoints/tiny_seed1234 --require all
 
+# every benchmark; each prints ratios measured in its own run (figures: docs/PERFORMANCE.md)
 bench: install
-	$(BIN)/python bench/bench_models.py
+	$(BIN)/python bench/bench_models.py --threads 1
+	$(BIN)/python bench/bench_gpt.py --threads 1
+	$(BIN)/python bench/bench_sovits.py
 	$(BIN)/python bench/bench_frontend.py
-	$(BIN)/python bench/bench_serve.py
+	$(BIN)/python bench/bench_guard.py
+	NLTK_DATA=$(SHARED)/vendor/nltk_data $(BIN)/python bench/bench_serve.py
+	NLTK_DATA=$(SHARED)/vendor/nltk_data $(BIN)/python bench/bench_streaming.py
 
 loadtest: install
 	$(BIN)/python loadtest/run.py --duration 60

@@ -6,7 +6,7 @@ T2S: ms/token with the preallocated slot KV cache vs a naive decode that recompu
 sequence every step, and batched engine throughput at several batch sizes. Figures depend on
 the host: compare only ratios measured in the same run. Both clocks are printed: on a shared,
 busy host use the CPU-time columns with `--threads 1`.
-SoVITS + vocoder: `run_sovits_bench` (real-time factor), to be filled in.
+SoVITS + vocoder: real-time factor (`run_sovits_bench`; backends compared in bench/bench_sovits.py).
 """
 
 from __future__ import annotations
@@ -119,9 +119,26 @@ def run_t2s_bench(tokens: int, naive_tokens: int, batch_sizes=(1, 4, 16), repeat
     return results
 
 
-def run_sovits_bench() -> dict | None:
-    """SoVITS + vocoder real-time factor at v2 dims. Placeholder: another helper adds it."""
-    return None
+def run_sovits_bench(tokens: int = 100, phones: int = 40, repeats: int = 3) -> dict:
+    """SoVITS + vocoder (PyTorch) real-time factor at v2 dims, random weights: wall seconds per
+    audio second for `tokens` semantic tokens (bench/bench_sovits.py compares the ONNX backends)."""
+    from bench.bench_sovits import build_models
+    from models.pipeline import latent, vocode
+
+    sovits, vocoder = build_models()
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 1024, (tokens,), generator=g).numpy()
+    phone_ids = torch.randint(0, 732, (phones,), generator=g).numpy()
+    ge = torch.randn(1, sovits.config.gin_channels, 1, generator=g).numpy()
+    audio_s = tokens * 2 * 640 / 32000
+
+    def once() -> None:
+        vocode(vocoder, latent(sovits, codes, phone_ids, ge, 0.5, 1.0, 0), ge)
+
+    once()  # warm-up
+    wall = min(timed(once)[0] for _ in range(repeats))
+    print(f"\nSoVITS + vocoder (PyTorch), {tokens} tokens = {audio_s:.1f} s of audio: {wall:.3f} s, RTF {wall / audio_s:.3f}")
+    return {"tokens": tokens, "seconds": wall, "rtf": wall / audio_s}
 
 
 def main(argv=None) -> None:
@@ -137,9 +154,7 @@ def main(argv=None) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     run_t2s_bench(args.tokens, args.naive_tokens, tuple(int(b) for b in args.batch_sizes.split(",")),
                   args.repeats)
-    sovits = run_sovits_bench()
-    if sovits is None:
-        print("\nSoVITS + vocoder: not benchmarked yet")
+    run_sovits_bench()
 
 
 if __name__ == "__main__":
