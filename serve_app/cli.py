@@ -50,7 +50,7 @@ def load_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def deploy_local(config: dict[str, Any], num_cpus: float | None = None, timeout_s: float = 300,
-                 env_vars: dict[str, str] | None = None) -> str:
+                 env_vars: dict[str, str] | None = None, log_to_driver: bool = True) -> str:
     """Start an embedded local Ray (if none is running) and apply a Serve config exactly as
     `serve run CONFIG` would; wait until the application is RUNNING; return its base URL.
     Shared by `gsv-serve serve`, the integration tests and the benchmarks."""
@@ -64,7 +64,7 @@ def deploy_local(config: dict[str, Any], num_cpus: float | None = None, timeout_
     host = http.get("host", "127.0.0.1")
     if not ray.is_initialized():
         local = host in ("127.0.0.1", "localhost")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=log_to_driver,
                  _node_ip_address="127.0.0.1" if local else None,
                  runtime_env={"env_vars": env_vars} if env_vars else None)
     client = serve_api.serve_start(http_options=http, proxy_location=schema.proxy_location)

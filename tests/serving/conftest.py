@@ -92,7 +92,8 @@ def served(tmp_path_factory):
     config["http_options"].update(host="127.0.0.1", port=free_port())
     config["applications"][0]["args"]["data_dir"] = str(data_dir)
     config["applications"][0]["args"]["admin_api_key"] = ADMIN_KEY
-    url = deploy_local(config, num_cpus=8, timeout_s=240, env_vars={"OMP_NUM_THREADS": "1"})
+    # replica logs stay in Ray's session folder (/tmp/ray/session_latest/logs/serve), not the test output
+    url = deploy_local(config, num_cpus=8, timeout_s=240, env_vars={"OMP_NUM_THREADS": "1"}, log_to_driver=False)
     client = serve_api.serve_start(http_options=config["http_options"])
     yield {"url": url, "data_dir": data_dir, "config": config, "client": client}
     serve.shutdown()
