@@ -54,8 +54,16 @@ TTS_MEDIA_TYPES = {"wav": "wav", "raw": "pcm", "pcm": "pcm", "ogg": "ogg", "aac"
                    "flac": "flac", "opus": "opus"}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "invalid request"},
+    401: {"model": ErrorBody, "description": "an API key is required"},
     404: {"model": ErrorBody, "description": "unknown voice or model"},
     413: {"model": ErrorBody, "description": "request too large"},
+    429: {"model": ErrorBody, "description": "rate limited (Retry-After)"},
+}
+AUDIO_RESPONSES: dict[int | str, dict[str, Any]] = ERROR_RESPONSES | {
+    200: {"content": {f.media_type: {} for f in audio_io.FORMATS.values()} | {"text/event-stream": {}},
+          "description": "audio in the requested format (or SSE events with base64 audio)"},
+    503: {"model": ErrorBody, "description": "overloaded (Retry-After)"},
+    504: {"model": ErrorBody, "description": "over the request timeout"},
 }
 
 
@@ -251,8 +259,7 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
         return {"id": record.id, "object": "voice", "deleted": True}
 
     # ---------------------------------------------------------------------------------- speech
-    @app.post("/v1/audio/speech", tags=["speech"], responses=ERROR_RESPONSES | {
-        200: {"content": {f.media_type: {} for f in audio_io.FORMATS.values()}, "description": "audio"}})
+    @app.post("/v1/audio/speech", tags=["speech"], response_class=Response, responses=AUDIO_RESPONSES)
     async def speech(body: SpeechRequest) -> Response:
         voice = find_voice(body.voice, param="voice")
         model = resolve_model(body.model, voice)
@@ -293,7 +300,8 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
         return await audio_response(prepared, TTS_MEDIA_TYPES[body.media_type], stream=mode != 0,
                                     token_chunks=mode >= 2)
 
-    @app.post("/tts", tags=["upstream api_v2"], responses=ERROR_RESPONSES, openapi_extra={"requestBody": {
+    @app.post("/tts", tags=["upstream api_v2"], response_class=Response, responses=AUDIO_RESPONSES,
+              openapi_extra={"requestBody": {
         "required": True, "content": {"application/json": {"schema": TTSRequest.model_json_schema()}}}})
     async def tts_post(request: Request) -> Response:
         params = await read_json_object(request)
@@ -302,7 +310,7 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
             return response
         return await tts_common(validated_tts(params))
 
-    @app.get("/tts", tags=["upstream api_v2"], responses=ERROR_RESPONSES)
+    @app.get("/tts", tags=["upstream api_v2"], response_class=Response, responses=AUDIO_RESPONSES)
     async def tts_get(request: Request) -> Response:
         params: dict[str, Any] = dict(request.query_params)
         response = await dialects.gsvi_response(params)  # GSVI's query form (cha_name, text_language, ...)

@@ -205,9 +205,14 @@ class _SndfileOggVorbisEncoder(_Encoder):
     def start(self) -> bytes:
         return self._sink.drain()
 
+    # libsndfile's Vorbis writer puts buffers proportional to one write() call on the C stack:
+    # long single writes overflow it and kill the process (SIGSEGV). Feed it in small blocks.
+    BLOCK_FRAMES = 4096
+
     def write(self, x: np.ndarray) -> bytes:
-        if len(x):
-            self._file.write(_to_int16(x))
+        pcm = _to_int16(x)
+        for start in range(0, len(pcm), self.BLOCK_FRAMES):
+            self._file.write(pcm[start:start + self.BLOCK_FRAMES])
         return self._sink.drain()
 
     def finish(self) -> bytes:

@@ -37,6 +37,8 @@ class ModelAdmin:
     def confine(self, path: str, param: str) -> str:
         """A checkpoint path from a request: relative to (and never outside) `models_dir`."""
         root = Path(self.settings.models_dir).resolve()
+        if "\x00" in path:
+            raise ApiError(400, "path_not_allowed", f"{param} must be a plain path inside the models folder", param)
         candidate = Path(path)
         resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
         if not resolved.is_relative_to(root):

@@ -15,14 +15,15 @@ upload becomes a real 4 s WAV, the admin header carries the key and checkpoint p
 list of traversal attempts and real files. That reaches synthesis, voice creation and the model
 swap's path confinement instead of stopping at 404.
 
-No operation is excluded. `GET /tts` reads its query by hand (`Request.query_params`), so its
-OpenAPI entry declares no parameters and schemathesis can only send it bare; its parameters are
-fuzzed by `test_get_tts_answers_as_post_tts_does`, which sends every positive POST /tts body
-as a GET query as well. The admin PUT's path confinement also gets a fixed list of traversal
+No operation is excluded: the list is read from the app's own OpenAPI document. Some routes read
+their parameters by hand (`GET /tts`, the SillyTavern `POST /` and the GSVI routes), so their
+OpenAPI entries declare none and schemathesis can only send them bare (which must still not
+fail); their parameters are fuzzed by `test_get_tts_answers_as_post_tts_does` (every positive
+POST /tts body also sent as a GET query) and `test_dialect_routes_never_answer_5xx`. The admin PUT's path confinement also gets a fixed list of traversal
 attempts (`test_admin_checkpoint_paths_stay_inside_models_dir`), since random paths rarely hit one.
 
 Default run: `GSV_FUZZ_EXAMPLES` cases per operation and mode (default 30; operations with a small
-input space stop earlier: ~350 cases, about a minute with the demo model build). Longer, on demand:
+input space stop earlier: ~550 cases, well under a minute after the demo model build). Longer, on demand:
     GSV_FUZZ_EXAMPLES=200 .venv/bin/python -m pytest tests/test_fuzz_api.py -q
 """
 from __future__ import annotations
@@ -55,9 +56,11 @@ EXAMPLES = int(os.environ.get("GSV_FUZZ_EXAMPLES", "30"))
 # Wall-clock guard for the whole module (each case also has a per-request timeout below): past it
 # the remaining cases are skipped rather than letting a slow machine run away.
 BUDGET_S = float(os.environ.get("GSV_FUZZ_BUDGET_S", str(max(60.0, EXAMPLES * 6.0))))
+# ... and a hard stop per test (setup included) for a request that never returns; "thread"
+# works even when the hang is inside C code.
+pytestmark = pytest.mark.timeout(max(300, int(BUDGET_S)), method="thread")
 ADMIN_KEY = "fuzz-admin-key"
 MAX_TEXT_CHARS = 40  # small, so steered synthesis stays cheap and the length limit gets hit too
-
 
 
 def _served_operations() -> list[tuple[str, str]]:
@@ -287,11 +290,57 @@ def test_get_tts_answers_as_post_tts_does(api_schema, fuzz_env):
         post = client.post("/tts", json=case.body, timeout=60)
         get = client.get("/tts", params=query, timeout=60)
         fuzz_env["count"]["cases"] += 2
+        for method, r in (("POST", post), ("GET", get)):
+            key = f"{method} /tts {r.status_code} {r.headers.get('x-error-code', '')}".rstrip()
+            fuzz_env["statuses"][key] = fuzz_env["statuses"].get(key, 0) + 1
         assert get.status_code < 500 and post.status_code < 500, (get.text, post.text)
         assert (get.status_code, get.headers.get("x-error-code")) == (post.status_code, post.headers.get("x-error-code")), \
             (query, get.text[:300], post.text[:300])
         if get.status_code == 200:
             assert get.headers["content-type"] == post.headers["content-type"]
+
+    run()
+
+
+DIALECT_ROUTES = [("POST", "/"), ("POST", "/voice"), ("GET", "/voice"), ("GET", "/t2s"), ("POST", "/text2audio")]
+
+
+def test_dialect_routes_never_answer_5xx(api_schema, fuzz_env):
+    """The SillyTavern (`POST /`) and GSVI routes also read their parameters by hand, so their
+    OpenAPI entries declare none. They get the steered /tts bodies (api_v2 names, which
+    SillyTavern's adapter sends too) plus GSVI's own names: any answer but a 5xx, and every
+    error is the JSON error shape."""
+    from starlette.testclient import TestClient
+
+    client = TestClient(fuzz_env["app"], raise_server_exceptions=False)
+    served = set(OPERATIONS)
+    routes = [r for r in DIALECT_ROUTES if r in served]
+    strategy = api_schema["/tts"]["POST"].as_strategy(generation_mode=GenerationMode.POSITIVE)
+
+    @given(case=strategy, data=st.data(), route=st.sampled_from(routes))
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    def run(case, data, route):
+        if time.monotonic() - fuzz_env["started"] > BUDGET_S:
+            fuzz_env["count"]["skipped"] += 1
+            return
+        steer(case, data, fuzz_env["store"])
+        body = dict(case.body) if isinstance(case.body, dict) else {}
+        if data.draw(st.booleans(), "gsvi names"):
+            body |= {"cha_name": body.get("voice"), "text_language": body.get("text_lang"),
+                     "format": data.draw(st.sampled_from(["wav", "mp3", "ogg", "silk", "xx"]), "format")}
+        method, path = route
+        if method == "GET":
+            query = _as_query(body)
+            if query is None:
+                return
+            r = client.get(path, params=query, timeout=60)
+        else:
+            r = client.post(path, json=body, timeout=60)
+        fuzz_env["count"]["cases"] += 1
+        assert r.status_code < 500, (route, body, r.text[:300])
+        if r.status_code >= 400:
+            assert set(r.json()["error"]) >= {"code", "message", "type"}, r.text[:300]
 
     run()
 
