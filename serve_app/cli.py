@@ -103,6 +103,9 @@ def serve_forever(config: dict[str, Any], num_cpus: float | None) -> None:
     prepare_models(config)
     print(f"gsv-serve: deploying {config['applications'][0]['name']!r} on a local Ray ...", flush=True)
     started = time.monotonic()
+    # logical CPUs for the embedded Ray: at least 4, so the CPU profile's autoscaled replicas fit on
+    # a 2-core laptop too (each replica's torch threads are set explicitly; Ray's count is a budget)
+    num_cpus = num_cpus or max(4, os.cpu_count() or 1)
     try:
         url = deploy_local(config, num_cpus)
     except (RuntimeError, TimeoutError) as exc:
