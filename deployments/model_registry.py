@@ -70,11 +70,11 @@ class ModelRegistry:
         return self._data
 
     def model_ids(self) -> list[str]:
-        return sorted(self._refresh()["models"])
+        return sorted(k for k, v in self._refresh()["models"].items() if v.get("active") is not None)
 
     def active(self, model_id: str) -> ModelRef | None:
         entry = self._refresh()["models"].get(model_id)
-        if entry is None:
+        if entry is None or entry.get("active") is None:
             return None
         return self._ref(model_id, entry["active"], entry["versions"][entry["active"]])
 
@@ -89,6 +89,8 @@ class ModelRegistry:
     def describe(self) -> list[dict]:
         out = []
         for model_id, entry in sorted(self._refresh()["models"].items()):
+            if entry.get("active") is None:
+                continue  # only pending versions: nothing serves this id yet
             active = entry["versions"][entry["active"]]
             out.append({"id": model_id, "object": "model", "owned_by": "gsv-serve", "version": entry["active"],
                         "tag": active.get("tag", ""), "upstream_version": active.get("upstream_version", "v2"),
@@ -109,7 +111,8 @@ class ModelRegistry:
         version = version or paths.version()
         with self._lock:
             data = json.loads(json.dumps(self._refresh()))  # a private copy to edit
-            entry = data["models"].setdefault(model_id, {"active": version, "versions": {}})
+            # a model id seen for the first time stays unroutable until a version is activated
+            entry = data["models"].setdefault(model_id, {"active": None, "versions": {}})
             record = entry["versions"].get(version)
             if record is None:
                 record = asdict(paths) | {"tag": tag, "upstream_version": upstream_version, "demo": demo,

@@ -8,12 +8,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import re
 import logging
+import re
 import secrets
 import time
 import uuid
-from contextvars import ContextVar
 from typing import Any, AsyncIterator
 
 import numpy as np
@@ -22,6 +21,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deployments import metrics
+from deployments.model_registry import ModelRef, ModelRegistry
+from deployments.voice_store import (
+    DEFAULT_EMOTION,
+    EMOTION_RE,
+    VoiceRecord,
+    VoiceStore,
+    VoiceStoreError,
+)
 from models.audio import SAMPLE_RATE
 from models.guard import HEADER as GUARD_HEADER
 from models.guard import GuardConfig
@@ -30,23 +38,26 @@ from models.streaming import StreamingConfig
 from models.t2s import SamplingParams
 from models.text.frontend import SUPPORTED_LANGUAGES
 from serve_app import audio_io
-from serve_app.auth import LOCAL_TENANT, Authenticator, KeyStore, Principal
+from serve_app.auth import Authenticator, KeyStore, current_principal, visible
+from serve_app.body_limit import BodyLimit
 from serve_app.dialects import UPSTREAM_PATHS, mount_dialects, read_json_object
 from serve_app.errors import ApiError, bad_request
-from serve_app.playground import mount_playground
 from serve_app.model_admin import ModelAdmin
-from serve_app.schemas import ErrorBody, ModelUpdate, SamplingFields, SpeechRequest, TTSRequest
+from serve_app.playground import mount_playground
+from serve_app.schemas import (
+    ErrorBody,
+    ModelUpdate,
+    SamplingFields,
+    SpeechRequest,
+    TTSRequest,
+)
 from serve_app.settings import Settings
 from serve_app.synthesis import PreparedSynthesis, Stages, SynthesisJob, prepare
-from deployments import metrics
-from deployments.model_registry import ModelRef, ModelRegistry
-from deployments.voice_store import DEFAULT_EMOTION, EMOTION_RE, VoiceRecord, VoiceStore, VoiceStoreError
 
 log = logging.getLogger("gsv.api")
 
 # reachable without a key: health, the playground page (it asks for a key itself), the API docs
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
-current_principal: ContextVar[Principal] = ContextVar("gsv_principal", default=Principal(LOCAL_TENANT, True, "local"))
 OPENAI_MODEL_ALIASES = ("gpt-sovits", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # upstream api_v2 media types -> our formats
@@ -59,6 +70,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorBody, "description": "request too large"},
     429: {"model": ErrorBody, "description": "rate limited (Retry-After)"},
 }
+FORBIDDEN = {403: {"model": ErrorBody, "description": "not allowed for this API key"}}
+CONFLICT = {409: {"model": ErrorBody, "description": "name taken, or too many voices"}}
+STORAGE = {507: {"model": ErrorBody, "description": "the data directory cannot be written"}}
 AUDIO_RESPONSES: dict[int | str, dict[str, Any]] = ERROR_RESPONSES | {
     200: {"content": {f.media_type: {} for f in audio_io.FORMATS.values()} | {"text/event-stream": {}},
           "description": "audio in the requested format (or SSE events with base64 audio)"},
@@ -136,16 +150,7 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
                              response.headers.get("x-error-code", "ok"))
         return response
 
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
-                return error_response(request, bad_request("invalid_content_length", "bad Content-Length header"))
-            if int(length) > limits.max_request_bytes:
-                return error_response(request, ApiError(
-                    413, "request_too_large", f"request body over {limits.max_request_bytes} bytes"))
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes)  # outermost: before any body is read
 
     # ---------------------------------------------------------------------------------- health
     @app.get("/healthz", tags=["health"])
@@ -170,8 +175,9 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
                 return entry
         raise ApiError(404, "unknown_model", f"unknown model {model_id!r}; see GET /v1/models")
 
-    @app.put("/v1/models/{model_id}", tags=["models"], responses=ERROR_RESPONSES | {
-        401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 503: {"model": ErrorBody}})
+    @app.put("/v1/models/{model_id}", tags=["models"], responses=ERROR_RESPONSES | FORBIDDEN | {
+        501: {"model": ErrorBody, "description": "not supported without Ray"},
+        503: {"model": ErrorBody, "description": "the new version could not be loaded"}})
     async def put_model(model_id: str, body: ModelUpdate, request: Request) -> dict[str, Any]:
         """Admin: load a new version (checkpoints inside the models folder), warm it in every
         stage, then switch new requests to it. Requests in flight finish on the old version."""
@@ -185,7 +191,7 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
         return {"id": ref.model_id, "object": "model", "version": ref.version, "tag": ref.tag, "active": True}
 
     # ---------------------------------------------------------------------------------- voices
-    @app.post("/v1/voices", tags=["voices"], status_code=201, responses=ERROR_RESPONSES)
+    @app.post("/v1/voices", tags=["voices"], status_code=201, responses=ERROR_RESPONSES | CONFLICT | STORAGE)
     async def create_voice(
         file: UploadFile = File(..., description="reference clip, 3-10 s, wav/flac/ogg/mp3"),
         transcript: str = Form(..., description="what the clip says"),
@@ -216,7 +222,8 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
             raise ApiError(507, "storage_unavailable", str(exc)) from None
         return record.public() | {"name": record.name or record.id}
 
-    @app.post("/v1/voices/{voice_id}/emotions", tags=["voices"], status_code=201, responses=ERROR_RESPONSES)
+    @app.post("/v1/voices/{voice_id}/emotions", tags=["voices"], status_code=201,
+              responses=ERROR_RESPONSES | FORBIDDEN | STORAGE)
     async def add_emotion(
         voice_id: str,
         file: UploadFile = File(..., description="reference clip for this emotion, 3-10 s"),
@@ -224,7 +231,7 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
         transcript: str = Form(..., description="what the clip says"),
         language: str = Form(..., description="language of the transcript"),
     ) -> dict[str, Any]:
-        record = find_voice(voice_id)
+        record = find_voice(voice_id, owned=True)
         emotion = emotion.strip()
         if not EMOTION_RE.match(emotion) or emotion == DEFAULT_EMOTION:
             raise bad_request("invalid_emotion", "emotion names are 1-32 letters, digits, '-' or '_', not 'default'",
@@ -241,16 +248,15 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
 
     @app.get("/v1/voices", tags=["voices"])
     async def list_voices() -> dict[str, Any]:
-        principal = current_principal.get()
-        return {"object": "list", "data": [r.public() for r in store.list() if principal.can_see(r.tenant)]}
+        return {"object": "list", "data": [r.public() for r in visible(store.list())]}
 
     @app.get("/v1/voices/{voice_id}", tags=["voices"], responses=ERROR_RESPONSES)
     async def get_voice(voice_id: str) -> dict[str, Any]:
         return find_voice(voice_id).public()
 
-    @app.delete("/v1/voices/{voice_id}", tags=["voices"], responses=ERROR_RESPONSES)
+    @app.delete("/v1/voices/{voice_id}", tags=["voices"], responses=ERROR_RESPONSES | FORBIDDEN)
     async def delete_voice(voice_id: str) -> dict[str, Any]:
-        record = find_voice(voice_id)
+        record = find_voice(voice_id, owned=True)
         try:
             store.delete(record.id)
         except VoiceStoreError as exc:
@@ -340,11 +346,15 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
             raise ApiError(404, "unknown_model", f"unknown model {model_id!r}; see GET /v1/models", "model")
         return ref
 
-    def find_voice(key: str, param: str | None = None) -> VoiceRecord:
-        """A voice the caller may use: another tenant's voice answers exactly like a missing one."""
+    def find_voice(key: str, param: str | None = None, owned: bool = False) -> VoiceRecord:
+        """A voice the caller may use: another tenant's voice answers exactly like a missing one.
+        `owned`: the caller wants to change it, which public voices allow only to admins."""
         record = store.get(key)
-        if record is None or not current_principal.get().can_see(record.tenant):
+        principal = current_principal.get()
+        if record is None or not principal.can_see(record.tenant):
             raise ApiError(404, "voice_not_found", f"no voice {key!r}; see GET /v1/voices", param)
+        if owned and not (principal.admin or record.tenant == principal.tenant):
+            raise ApiError(403, "forbidden", f"voice {key!r} is shared: only an admin may change it", param)
         return record
 
     def check_language(language: str, param: str) -> str:

@@ -22,6 +22,7 @@ import re
 import secrets
 import threading
 import time
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -163,6 +164,16 @@ class Authenticator:
 
     def close_stream(self, principal: Principal) -> None:
         self.streams[principal.key_id] = max(0, self.streams.get(principal.key_id, 0) - 1)
+
+
+# who is calling, set per request by the ingress middleware (default: keyless local use)
+current_principal: ContextVar[Principal] = ContextVar("gsv_principal", default=Principal(LOCAL_TENANT, True, "local"))
+
+
+def visible(records):
+    """The voices the current caller may see."""
+    principal = current_principal.get()
+    return [r for r in records if principal.can_see(r.tenant)]
 
 
 def unauthorized(message: str) -> ApiError:

@@ -46,6 +46,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from deployments.voice_store import DEFAULT_EMOTION, VoiceRecord, VoiceStore
 from models.audio import SAMPLE_RATE
 from serve_app import audio_io, silk
+from serve_app.auth import visible
 from serve_app.errors import ApiError, bad_request
 from serve_app.schemas import ErrorBody, TTSRequest
 
@@ -257,7 +258,7 @@ class Dialects:
     def speakers(self) -> list[dict[str, str]]:
         """SillyTavern's voice list: one entry per voice, plus one per extra emotion."""
         out = []
-        for record in self.store.list():
+        for record in visible(self.store.list()):
             key = public_key(record)
             label = record.name or record.id
             out.append({"name": label, "voice_id": key})
@@ -266,7 +267,7 @@ class Dialects:
         return out
 
     def character_list(self) -> dict[str, list[str]]:
-        return {public_key(r): r.emotion_names() for r in self.store.list()}
+        return {public_key(r): r.emotion_names() for r in visible(self.store.list())}
 
     # -- SillyTavern POST / ------------------------------------------------------------------
     def sillytavern_request(self, raw: Mapping[str, Any]) -> tuple[TTSRequest, bool]:
@@ -306,13 +307,13 @@ class Dialects:
         if req.cha_name:
             record, key_emotion = self.resolve(voice_key_from_client(req.cha_name), "cha_name")
         elif req.speaker_id is not None:
-            voices = self.store.list()
+            voices = visible(self.store.list())
             if not 0 <= req.speaker_id < len(voices):
                 raise ApiError(404, "voice_not_found", f"no speaker id {req.speaker_id}; see GET /voice/speakers",
                                "speaker_id")
             record, key_emotion = voices[req.speaker_id], None
         else:  # GSVI speaks with its loaded character; ours is the first voice listed
-            voices = self.store.list()
+            voices = visible(self.store.list())
             if not voices:
                 raise ApiError(404, "voice_not_found", "no voices yet; create one with POST /v1/voices", "cha_name")
             record, key_emotion = voices[0], None

@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator
 
 import numpy as np
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
@@ -59,6 +60,9 @@ def _fast_503(method):
             return await method(*args, **kwargs)
         except BackPressureError as exc:
             raise _overloaded(exc) from None
+        except RayActorError:  # the replica died under this request; Serve is replacing it
+            raise ApiError(503, "stage_unavailable", "a stage replica failed; retry shortly",
+                           headers={"Retry-After": RETRY_AFTER_S}) from None
     return wrapper
 
 

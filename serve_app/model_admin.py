@@ -97,6 +97,8 @@ def _validate(paths: ModelPaths) -> None:
         raise ApiError(400, "unsupported_model_version", str(exc)) from None
     except CheckpointError as exc:
         raise ApiError(400, "invalid_checkpoint", str(exc)) from None
+    if not any(key.startswith("model.h.layers.") for key in gpt.weights):
+        raise ApiError(400, "invalid_checkpoint", f"{paths.gpt} is not a GPT (T2S) checkpoint")
     phonemes = int(gpt.config.get("model", {}).get("phoneme_vocab_size", 0))
     expected = 512 if sovits.version == "v1" else 732  # v1 GPT configs say 512 (322 used)
     if phonemes and phonemes != expected:

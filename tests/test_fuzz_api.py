@@ -345,11 +345,37 @@ def test_dialect_routes_never_answer_5xx(api_schema, fuzz_env):
     run()
 
 
+def _documented(spec: dict, method: str, path: str) -> set[str]:
+    return set(spec["paths"][path][method.lower()]["responses"])
+
+
+@pytest.mark.parametrize("reason", ["duplicate voice name", "in-process model swap"])
+def test_statuses_reached_on_purpose_are_documented(fuzz_env, reason):
+    """Answers random cases reach only by luck, produced deterministically: each status must be
+    listed for its operation in /openapi.json (clients generated from it rely on that)."""
+    from starlette.testclient import TestClient
+
+    client = TestClient(fuzz_env["app"], raise_server_exceptions=False)
+    spec = client.get("/openapi.json").json()
+    if reason == "duplicate voice name":  # the demo voice holds the name "demo": 409 voice_exists
+        method, path = "POST", "/v1/voices"
+        r = client.post(path, data={"transcript": "Hello there.", "language": "en", "name": "demo"},
+                        files={"file": ("clip.wav", _tone_wav(4.0), "audio/wav")})
+    else:  # valid files, admin key: only the in-process warm-up is missing (501 not_supported)
+        method, path = "PUT", "/v1/models/{model_id}"
+        r = client.put("/v1/models/default", json={"gpt": "gpt.ckpt", "sovits": "sovits.pth"},
+                       headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert r.status_code >= 400, r.text
+    assert str(r.status_code) in _documented(spec, method, path), \
+        f"{method} {path} answers {r.status_code} ({r.json()['error']['code']}) but documents {sorted(_documented(spec, method, path))}"
+
+
 @pytest.mark.parametrize("gpt", TRAVERSALS)
 def test_admin_checkpoint_paths_stay_inside_models_dir(fuzz_env, gpt):
     """PUT /v1/models/{id} with the admin key: a path that leaves the models folder (`..`,
     absolute, a symlink pointing out) is refused with `path_not_allowed`; one inside that is no
-    file or no checkpoint gets its own 400; no refused swap leaves a registry entry behind."""
+    file or no checkpoint gets its own 400; no refused or unfinished swap leaves the new model id
+    listed (`GET /v1/models`) or routable."""
     from starlette.testclient import TestClient
 
     client = TestClient(fuzz_env["app"], raise_server_exceptions=False)
@@ -369,11 +395,17 @@ def test_admin_checkpoint_paths_stay_inside_models_dir(fuzz_env, gpt):
         expected = "file_not_found"
     elif gpt == "junk.ckpt":
         expected = "invalid_checkpoint"
+    elif gpt == "sovits.pth" and code in ("invalid_checkpoint", "incompatible_checkpoints"):
+        expected = code  # a SoVITS file named as the GPT: refusing it up front is right too
     else:
         expected = "not_supported"  # valid files: only the in-process warm-up is missing (501)
     assert (r.status_code, code) == ((501 if expected == "not_supported" else 400), expected), r.text
     if expected != "not_supported":
         assert model_id not in fuzz_env["registry"].model_ids()
+    # a swap that did not complete (here: no warm-up in-process) must not leave a new model id
+    # listed and routable either
+    listed = [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert model_id not in listed, f"the unfinished swap left {model_id!r} serving"
 
 
 def test_fuzzing_reached_past_validation(fuzz_env):

@@ -124,3 +124,26 @@ def test_concurrent_streams_per_key_are_capped(settings, pipeline, demo_assets):
 
 def test_loopback_without_keys_needs_no_auth(client):
     assert client.get("/v1/voices").status_code == 200
+
+
+def test_tenants_cannot_change_shared_voices(secured):
+    client, keys, _ = secured
+    response = client.delete("/v1/voices/demo", headers=auth(keys["bob"]))
+    assert response.status_code == 403 and response.json()["error"]["code"] == "forbidden"
+    assert client.get("/v1/voices/demo", headers=auth(keys["bob"])).status_code == 200
+
+
+def test_dialect_voice_lists_respect_tenants(secured):
+    client, keys, _ = secured
+    upload(client, keys["alice"], "alice-secret")
+    speakers = client.get("/speakers", headers=auth(keys["bob"])).json()
+    assert "alice-secret" not in str(speakers)
+    assert "alice-secret" in str(client.get("/speakers", headers=auth(keys["alice"])).json())
+
+
+def test_chunked_body_over_the_limit_is_refused(settings, pipeline):
+    small = replace(settings, limits=replace(settings.limits, max_request_bytes=1000))
+    with TestClient(create_local_app(pipeline, small)) as client:
+        response = client.post("/v1/audio/speech", content=iter([b"x" * 4096] * 64),
+                               headers={"content-type": "application/json"})
+    assert response.status_code == 413
