@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 log = logging.getLogger("gsv.deployments")
@@ -31,6 +32,26 @@ def text_error(exc: ValueError) -> StageError:
     if isinstance(exc, UnsupportedLanguageError):
         return StageError("unsupported_language", str(exc))
     return StageError("invalid_text", str(exc))
+
+
+def probe_latent(model: Any) -> None:
+    """A tiny SoVITS decode: proves a loaded model still answers (replica health checks)."""
+    from models.pipeline import latent
+
+    gin = model.config.gin_channels
+    z = latent(model, np.arange(4, dtype=np.int64), np.array([1, 2], dtype=np.int64),
+               np.zeros((1, gin, 1), np.float32), 0.0, 1.0, 0)
+    if not np.isfinite(z).all():
+        raise RuntimeError("SoVITS probe produced non-finite values")
+
+
+def probe_vocoder(model: Any, inter_channels: int, gin_channels: int) -> None:
+    """A tiny vocoder run on 4 latent frames."""
+    from models.pipeline import vocode
+
+    wav = vocode(model, np.zeros((1, inter_channels, 4), np.float32), np.zeros((1, gin_channels, 1), np.float32))
+    if not np.isfinite(wav).all():
+        raise RuntimeError("vocoder probe produced non-finite values")
 
 
 def apply_batch_config(method: Any, config: dict[str, Any]) -> None:

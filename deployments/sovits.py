@@ -7,14 +7,15 @@ are multiplexed like the GPT stage. `backend` picks PyTorch or ONNX Runtime (fp3
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any
 
 import numpy as np
 from ray import serve
 
 from deployments import metrics
-from deployments.common import (MODELS_PER_REPLICA, apply_batch_config, limit_threads, resolve_device,
-                                torch_dtype)
+from deployments.common import (MODELS_PER_REPLICA, apply_batch_config, limit_threads, probe_latent,
+                                resolve_device, torch_dtype)
 from deployments.model_registry import ModelRegistry
 from models.onnx_runtime import load_sovits_backend
 from models.pipeline import latent
@@ -28,6 +29,7 @@ class SoVITSDeployment:
         self.device, self.dtype, self.backend = resolve_device(device), torch_dtype(dtype), backend
         self.onnx_cache_dir, self.num_threads = onnx_cache_dir, num_threads
         self.registry = ModelRegistry(data_dir)
+        self.loaded: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # what Serve's LRU holds
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         apply_batch_config(self.latent, config)
@@ -37,8 +39,18 @@ class SoVITSDeployment:
         ref = self.registry.resolve(key)
         model, _ = await asyncio.to_thread(load_sovits_backend, ref.paths.sovits, self.backend, self.device,
                                            self.onnx_cache_dir, self.num_threads, self.dtype, "latent")
+        self.loaded[key] = model
         metrics.model_event("sovits", key, "load")
         return model
+
+    def health(self) -> dict[str, str]:
+        """Every loaded version answers a tiny decode (Serve calls check_health periodically)."""
+        for key, model in list(self.loaded.items()):
+            probe_latent(model)
+        return {key: "ok" for key in self.loaded}
+
+    def check_health(self) -> None:
+        self.health()
 
     async def warm(self, key: str) -> str:
         await self.get_model(key)

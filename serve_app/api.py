@@ -1,7 +1,8 @@
 """HTTP API (FastAPI on Starlette). The only place that speaks HTTP and audio containers.
 
-`create_app(stages, store, settings)` builds the ASGI app; the Ray Serve ingress deployment
-(`serve_app.graph`) and the in-process test server (`serve_app.local`) both use it.
+`create_app(stages, store, settings, registry, admin)` builds the ASGI app; the Ray Serve ingress
+deployment (`serve_app.graph`) and the in-process server (`serve_app.local.create_local_app`) both
+use it. Request orchestration lives in `serve_app.synthesis`, access control in `serve_app.auth`.
 """
 from __future__ import annotations
 

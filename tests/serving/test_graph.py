@@ -158,3 +158,13 @@ def test_overload_answers_503_with_retry_after_at_once(served):
         assert all(r.status_code in (200, 503) for r in responses)
     finally:
         deploy_and_wait(served, with_gpt_queue(256))
+
+
+def test_health_checks_run_every_loaded_model(served):
+    """Serve's periodic check_health runs a tiny decode on every loaded version of each model stage."""
+    from ray import serve
+
+    assert speak(served["url"]).status_code == 200
+    for stage in ("SoVITS", "Vocoder"):
+        report = serve.get_deployment_handle(stage, app_name="gsv").health.remote().result()
+        assert report and set(report.values()) == {"ok"}, (stage, report)
