@@ -22,10 +22,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import socket
 import subprocess
-import threading
-import time
 import urllib.parse
 import urllib.request
 
@@ -39,7 +36,14 @@ from models.text.frontend import SUPPORTED_LANGUAGES
 from serve_app import audio_io, dialects, silk
 from serve_app.errors import ApiError
 from serve_app.settings import Limits, Settings
-from tests.serving.conftest import demo_assets, demo_paths, pipeline, register_demo_voice, wav_bytes  # noqa: F401
+from tests.http_server import serve_in_thread
+from tests.serving.conftest import (  # noqa: F401
+    demo_assets,
+    demo_paths,
+    pipeline,
+    register_demo_voice,
+    wav_bytes,
+)
 
 ZH_TEXT = "你好，欢迎回来。"
 # the SILK codec is an optional extra (`pip install 'gsv-serve[silk]'`); its absence has its own test
@@ -332,22 +336,9 @@ def test_voices_whose_names_would_not_survive_a_path_are_listed_by_id():
 @pytest.fixture(scope="module")
 def server(app_factory):
     """The same app served by uvicorn on 127.0.0.1:<free port>, in a daemon thread."""
-    import uvicorn
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app_factory(), log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
-    sock.close()
+    with serve_in_thread(app_factory()) as url:
+        yield url
 
 
 def http(url: str, body: dict | None = None, headers: dict | None = None) -> tuple[int, dict, bytes]:

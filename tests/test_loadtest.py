@@ -11,11 +11,11 @@ import importlib.util
 import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.http_server import serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "loadtest" / "run.py"
@@ -49,7 +49,6 @@ def local_server(tmp_path_factory):
     """The real HTTP API over the demo pipeline, served by uvicorn in a thread on a free port."""
     try:
         import torch
-        import uvicorn
 
         from deployments.voice_store import VoiceStore
         from models import audio
@@ -71,20 +70,8 @@ def local_server(tmp_path_factory):
                  samples=load_reference_wav(assets["reference_wav"]), sample_rate=audio.SAMPLE_RATE)
     app = create_local_app(Pipeline(paths), settings)
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
-    sock.close()
+    with serve_in_thread(app) as url:
+        yield url
 
 
 def test_smoke_run_writes_reports_and_prints_percentiles(local_server, tmp_path):
