@@ -16,6 +16,7 @@ import secrets
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -77,15 +78,29 @@ class VoiceStore:
                 records.append(record)
         return sorted(records, key=lambda r: (r.created_at, r.id))
 
-    def get(self, voice_id_or_name: str) -> VoiceRecord | None:
+    def get(self, voice_id_or_name: str, tenant: str = "",
+            can_see: Callable[[str], bool] | None = None) -> VoiceRecord | None:
+        """The voice with this id, else the one with this name in `tenant`'s namespace.
+
+        Ids are random and globally unique; an id matches only a voice whose owner `can_see`
+        accepts (default: any owner), so another tenant's id falls through to the name lookup and
+        then answers None, exactly like a missing voice. Names are unique per tenant, not globally:
+        a name resolves to `tenant`'s own voice first, then to a public one (owner ""). No other
+        tenant's voice is ever found by name, whatever `can_see` says (an admin reaches other
+        tenants' voices by id: names are ambiguous across tenants)."""
         if VOICE_ID_RE.match(voice_id_or_name):
             record = self._read_meta(self.root / voice_id_or_name / "meta.json")
-            if record is not None:
+            if record is not None and (can_see is None or can_see(record.tenant)):
                 return record
+        public = None
         for record in self.list():
-            if record.name == voice_id_or_name:
+            if record.name != voice_id_or_name:
+                continue
+            if record.tenant == tenant:
                 return record
-        return None
+            if record.tenant == "" and public is None:
+                public = record
+        return public
 
     def reference_audio(self, voice_id: str, emotion: str = DEFAULT_EMOTION) -> tuple[np.ndarray, int]:
         if not VOICE_ID_RE.match(voice_id) or not EMOTION_RE.match(emotion):
@@ -96,8 +111,29 @@ class VoiceStore:
         data, sr = sf.read(str(path), dtype="float32")
         return data, sr
 
-    def name_taken(self, name: str) -> bool:
-        return any(r.name == name for r in self.list())
+    def reference_signature(self, voice_id: str, emotion: str = DEFAULT_EMOTION) -> tuple[int, int, int] | None:
+        """(mtime ns, size, inode) of the clip `reference_audio` reads, or None when it is gone.
+        Clips are only ever replaced by renaming a new file over them, so any change to a clip
+        changes its inode (and its mtime): caches compare this to know their copy is current."""
+        if not VOICE_ID_RE.match(voice_id) or not EMOTION_RE.match(emotion):
+            return None
+        try:
+            st = os.stat(self.root / voice_id / _audio_name(emotion))
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    def name_taken(self, name: str, tenant: str = "", can_see: Callable[[str], bool] | None = None) -> bool:
+        """Whether a new voice of `tenant` may not take `name`: some voice sharing its namespace
+        already has it. A tenant's namespace is its own voices plus the public ones; a public voice
+        (tenant "") joins every tenant's namespace, so it conflicts with any voice. Voices whose
+        owner `can_see` refuses never count: a 409 must not reveal another tenant's names."""
+        for record in self.list():
+            if record.name != name or (can_see is not None and not can_see(record.tenant)):
+                continue
+            if tenant == "" or record.tenant in ("", tenant):
+                return True
+        return False
 
     # -- writes --------------------------------------------------------------------------
     def create(self, name: str, transcript: str, language: str, model_id: str, samples: np.ndarray,
@@ -140,17 +176,24 @@ class VoiceStore:
             entry = {"transcript": transcript, "language": language,
                      "duration_s": len(samples) / float(sample_rate)}
             updated = replace(record, emotions=record.emotions | {emotion: entry})
+            # a new file renamed over the old one (never rewritten in place): readers see the old
+            # clip or the new one, and the new one has a new inode and mtime, which is how every
+            # SpeakerCache replica notices the replacement (`reference_signature`). Temporary names
+            # are unique: the lock is per process, and several ingress replicas share the folder.
+            suffix = secrets.token_hex(4)
+            tmp_audio = folder / f".{_audio_name(emotion)}.{suffix}.tmp"
+            tmp_meta = folder / f".meta.json.{suffix}.tmp"
             try:
-                tmp_audio = folder / f".{_audio_name(emotion)}.tmp"
                 sf.write(str(tmp_audio), samples.astype(np.float32), int(sample_rate), subtype="FLOAT",
                          format="WAV")
                 _fsync_file(tmp_audio)
                 os.replace(tmp_audio, folder / _audio_name(emotion))
-                tmp_meta = folder / ".meta.json.tmp"
                 _write_json_durably(tmp_meta, asdict(updated))
                 os.replace(tmp_meta, folder / "meta.json")
                 _fsync_dir(folder)
             except OSError as exc:
+                for leftover in (tmp_audio, tmp_meta):
+                    leftover.unlink(missing_ok=True)
                 raise VoiceStoreError(f"could not store the emotion: {exc.strerror or exc}") from exc
             return updated
 

@@ -39,7 +39,14 @@ from models.streaming import StreamingConfig
 from models.t2s import SamplingParams
 from models.text.frontend import SUPPORTED_LANGUAGES
 from serve_app import audio_io
-from serve_app.auth import Authenticator, KeyStore, current_principal, visible
+from serve_app.auth import (
+    Authenticator,
+    KeyStore,
+    current_principal,
+    lookup_voice,
+    visible,
+    voice_name_taken,
+)
 from serve_app.body_limit import BodyLimit
 from serve_app.dialects import UPSTREAM_PATHS, mount_dialects, read_json_object
 from serve_app.errors import ApiError, bad_request
@@ -197,7 +204,7 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
         file: UploadFile = File(..., description="reference clip, 3-10 s, wav/flac/ogg/mp3"),
         transcript: str = Form(..., description="what the clip says"),
         language: str = Form(..., description="language of the transcript"),
-        name: str = Form("", description="a unique name (defaults to the id)"),
+        name: str = Form("", description="a name unique among your voices and the public ones (defaults to the id)"),
         model: str = Form("", description="the model this voice speaks with (default: the server's model)"),
     ) -> dict[str, Any]:
         transcript = check_transcript(transcript)
@@ -205,7 +212,7 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
         name = name.strip()
         if len(name) > limits.max_voice_name_chars:
             raise bad_request("name_too_long", f"name over {limits.max_voice_name_chars} characters", "name")
-        if name and store.name_taken(name):
+        if name and voice_name_taken(store, name):  # among the caller's and public voices only
             raise ApiError(409, "voice_exists", f"a voice named {name!r} already exists", "name")
         if model and registry.active(model) is None:
             raise ApiError(404, "unknown_model", f"unknown model {model!r}; see GET /v1/models", "model")
@@ -349,8 +356,9 @@ def create_app(stages: Stages, store: VoiceStore, settings: Settings, registry: 
 
     def find_voice(key: str, param: str | None = None, owned: bool = False) -> VoiceRecord:
         """A voice the caller may use: another tenant's voice answers exactly like a missing one.
+        A name resolves to the caller's own voice, then a public one (`auth.lookup_voice`).
         `owned`: the caller wants to change it, which public voices allow only to admins."""
-        record = store.get(key)
+        record = lookup_voice(store, key)
         principal = current_principal.get()
         if record is None or not principal.can_see(record.tenant):
             raise ApiError(404, "voice_not_found", f"no voice {key!r}; see GET /v1/voices", param)

@@ -3,7 +3,8 @@
 Keys are random 32-byte tokens shown once at creation; the server stores only their SHA-256
 (`<data_dir>/api_keys.json`, written atomically), each with its tenant and scopes (`admin` may
 swap models and see every tenant). Voices belong to the tenant that created them; another
-tenant asking for one gets the same 404 as for a voice that does not exist.
+tenant asking for one gets the same 404 as for a voice that does not exist. Voice names are
+unique per tenant (see `lookup_voice`, `voice_name_taken`).
 
 Auth is required whenever the server binds to anything but loopback (or `require_auth` is set);
 on loopback with no keys configured, every request acts as the `local` tenant with admin rights,
@@ -174,6 +175,26 @@ def visible(records):
     """The voices the current caller may see."""
     principal = current_principal.get()
     return [r for r in records if principal.can_see(r.tenant)]
+
+
+def lookup_voice(store, key: str):
+    """The voice `key` names for the current caller, or None (a `VoiceStore` record).
+
+    By id: any voice the caller may see. By name: names are unique per tenant, so a name resolves
+    in the caller's own namespace: their tenant's voice first, then a public one. That holds for
+    admins too: an admin sees every tenant's voice (list, and by id) but a name never reaches into
+    another tenant, where it could be ambiguous (two tenants may both own "alice")."""
+    principal = current_principal.get()
+    return store.get(key, principal.tenant, principal.can_see)
+
+
+def voice_name_taken(store, name: str) -> bool:
+    """Whether a voice the current caller creates may not be called `name` (409 voice_exists):
+    the name is already used in the new voice's namespace (the caller's tenant's voices and the
+    public ones; every voice, for a public voice). Only voices the caller may see count, so the
+    answer never reveals that another tenant owns a voice of that name."""
+    principal = current_principal.get()
+    return store.name_taken(name, principal.tenant, principal.can_see)
 
 
 def unauthorized(message: str) -> ApiError:

@@ -46,7 +46,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from deployments.voice_store import DEFAULT_EMOTION, VoiceRecord, VoiceStore
 from models.audio import SAMPLE_RATE
 from serve_app import audio_io, silk
-from serve_app.auth import visible
+from serve_app.auth import lookup_voice, visible
 from serve_app.errors import ApiError, bad_request
 from serve_app.schemas import ErrorBody, TTSRequest
 
@@ -245,12 +245,12 @@ class Dialects:
     # -- voice lookup ------------------------------------------------------------------------
     def resolve(self, key: str, param: str) -> tuple[VoiceRecord, str | None]:
         """A listed key -> (voice, emotion named in the key or None). 404 when nothing matches."""
-        record = self.store.get(key) if key else None
+        record = lookup_voice(self.store, key) if key else None
         if record is not None:
             return record, None
         if EMOTION_SEPARATOR in key:
             base, emotion = key.rsplit(EMOTION_SEPARATOR, 1)
-            record = self.store.get(base) if base else None
+            record = lookup_voice(self.store, base) if base else None
             if record is not None and emotion:
                 return record, emotion
         raise ApiError(404, "voice_not_found", f"no voice {key!r}; see GET /speakers", param)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
@@ -71,6 +72,84 @@ def test_other_tenants_voice_is_a_404_like_a_missing_one(secured):
     assert client.delete(f"/v1/voices/{voice_id}", headers=auth(keys["bob"])).status_code == 404
     assert voice_id not in [v["id"] for v in client.get("/v1/voices", headers=auth(keys["bob"])).json()["data"]]
     assert client.get(f"/v1/voices/{voice_id}", headers=auth(keys["alice"])).status_code == 200
+
+
+def test_two_tenants_may_each_own_a_voice_with_the_same_name(secured):
+    client, keys, _ = secured
+    hers = upload(client, keys["alice"], "narrator")
+    his = upload(client, keys["bob"], "narrator")  # alice's name is no conflict for bob: no 409
+    assert hers.status_code == his.status_code == 201
+    assert hers.json()["id"] != his.json()["id"]
+
+
+def test_a_name_resolves_to_the_callers_own_voice(secured):
+    client, keys, _ = secured
+    ids = {who: upload(client, keys[who], "narrator").json()["id"] for who in ("alice", "bob")}
+    for who, voice_id in ids.items():
+        assert client.get("/v1/voices/narrator", headers=auth(keys[who])).json()["id"] == voice_id
+        spoken = speak(client, keys[who], "narrator")
+        assert spoken.status_code == 200 and spoken.headers["x-voice-id"] == voice_id
+
+
+def test_dialect_routes_resolve_a_name_to_the_callers_own_voice(secured):
+    client, keys, _ = secured
+    ids = {who: upload(client, keys[who], "narrator").json()["id"] for who in ("alice", "bob")}
+    for who, voice_id in ids.items():  # GSVI: /tts?cha_name=
+        spoken = client.get("/tts", headers=auth(keys[who]), params={
+            "cha_name": "narrator", "text": "Hello.", "text_language": "en", "seed": "1"})
+        assert spoken.status_code == 200 and spoken.headers["x-voice-id"] == voice_id
+
+
+def test_a_name_held_only_by_another_tenant_is_a_404(secured):
+    client, keys, _ = secured
+    upload(client, keys["alice"], "alice-only")
+    theirs = client.get("/v1/voices/alice-only", headers=auth(keys["bob"]))
+    missing = client.get("/v1/voices/nobody-has-this", headers=auth(keys["bob"]))
+    assert theirs.status_code == missing.status_code == 404
+    assert theirs.json()["error"]["code"] == missing.json()["error"]["code"] == "voice_not_found"
+
+
+def test_a_tenant_cannot_take_a_public_voices_name(secured):
+    client, keys, _ = secured
+    taken = upload(client, keys["bob"], "demo")  # the demo voice is public: every tenant sees it
+    assert taken.status_code == 409 and taken.json()["error"]["code"] == "voice_exists"
+
+
+def test_a_tenant_cannot_take_its_own_voices_name_twice(secured):
+    client, keys, _ = secured
+    assert upload(client, keys["bob"], "twice").status_code == 201
+    again = upload(client, keys["bob"], "twice")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "voice_exists"
+
+
+def test_own_voice_wins_over_a_public_voice_of_the_same_name(secured):
+    client, keys, settings = secured
+    hers = upload(client, keys["alice"], "narrator").json()["id"]
+    # a public voice with that name (as an older server, with global names checked later, could leave)
+    public = VoiceStore(settings.data_dir).create(name="narrator", transcript="Hello there.", language="en",
+                                                  model_id="default", samples=np.full(64000, 0.1, np.float32),
+                                                  sample_rate=16000).id
+    assert client.get("/v1/voices/narrator", headers=auth(keys["alice"])).json()["id"] == hers
+    assert client.get("/v1/voices/narrator", headers=auth(keys["bob"])).json()["id"] == public
+
+
+def test_another_tenants_voice_id_used_as_a_name_finds_the_callers_voice(secured):
+    """An id bob cannot see must not shadow bob's own voice of that name (that would reveal it)."""
+    client, keys, _ = secured
+    alices = upload(client, keys["alice"], "hers").json()["id"]
+    bobs = upload(client, keys["bob"], alices).json()["id"]
+    assert client.get(f"/v1/voices/{alices}", headers=auth(keys["bob"])).json()["id"] == bobs
+    assert client.get(f"/v1/voices/{alices}", headers=auth(keys["alice"])).json()["id"] == alices
+
+
+def test_admin_reaches_other_tenants_voices_by_id_but_not_by_name(secured):
+    """Names are per tenant (two tenants may both own "narrator"), so a name resolves only among
+    the admin key's own tenant's voices and the public ones; ids reach every voice."""
+    client, keys, _ = secured
+    voice_id = upload(client, keys["alice"], "narrator").json()["id"]
+    assert client.get(f"/v1/voices/{voice_id}", headers=auth(keys["admin"])).status_code == 200
+    assert client.get("/v1/voices/narrator", headers=auth(keys["admin"])).status_code == 404
+    assert upload(client, keys["admin"], "narrator").status_code == 201  # the admin's tenant: no conflict
 
 
 def test_admin_sees_every_tenant(secured):
