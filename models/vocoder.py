@@ -98,7 +98,12 @@ class Vocoder(nn.Module):
         self.output_conv = nn.Conv1d(ch, 1, 7, padding=3, bias=False)
 
     def forward(self, z: torch.Tensor, ge: torch.Tensor) -> torch.Tensor:
-        """``z [B, inter, F]``, ``ge [B, gin, 1]`` -> ``wav [B, 1, F * hop]``."""
+        """``z [B, inter, F]``, ``ge [B, gin, 1]`` -> ``wav [B, 1, F * hop]``.
+
+        Inputs arrive as float32 CPU tensors from the stage before; they move to this model's
+        device and dtype here (fp16/bf16 weights, CUDA)."""
+        weight = self.input_conv.weight
+        z, ge = z.to(weight), ge.to(weight)
         x = self.input_conv(z) + self.cond(ge)
         n_kernels = len(self.config.resblock_kernel_sizes)
         for i, up in enumerate(self.upsamples):

@@ -166,8 +166,10 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     ensure_demo_voice(settings)
     device, data_dir = settings.device, settings.data_dir
     frontend = FrontendDeployment.bind(paths.bert_dir, device=device)
-    speaker_cache = SpeakerCacheDeployment.bind(data_dir, frontend, device=device)
-    gpt = GPTDeployment.bind(data_dir, device=device, max_batch=settings.gpt_max_batch, max_seq=settings.gpt_max_seq)
-    sovits = SoVITSDeployment.bind(data_dir, device=device, backend=settings.sovits_backend)
-    vocoder = VocoderDeployment.bind(data_dir, device=device, backend=settings.sovits_backend)
+    dtype = settings.dtype
+    speaker_cache = SpeakerCacheDeployment.bind(data_dir, frontend, device=device, dtype=dtype)
+    gpt = GPTDeployment.bind(data_dir, device=device, dtype=settings.gpt_weights_dtype,
+                             max_batch=settings.gpt_max_batch, max_seq=settings.gpt_max_seq)
+    sovits = SoVITSDeployment.bind(data_dir, device=device, dtype=dtype, backend=settings.sovits_backend)
+    vocoder = VocoderDeployment.bind(data_dir, device=device, dtype=dtype, backend=settings.sovits_backend)
     return Ingress.bind(settings.to_args(), frontend, speaker_cache, gpt, sovits, vocoder)

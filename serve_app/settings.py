@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+DTYPES = frozenset({"float32", "float16", "bfloat16"})  # names deployments.common.torch_dtype maps
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -50,6 +52,11 @@ class Settings:
     gpt_max_batch: int = 8  # KV-cache slots per GPT replica and model (rows decoding at once)
     gpt_max_seq: int = 2560  # cache positions per slot: phones + prompt tokens + new tokens
     sovits_backend: str = "torch"  # torch | onnx | onnx-int8 (SoVITS + vocoder stages)
+    # Weight precision of the model stages (float32 | float16 | bfloat16): float16 on a GPU;
+    # bfloat16 only pays on CPUs with native bf16 matmul (avx512_bf16 / AMX), see PERFORMANCE.md.
+    # The ONNX backends run float32 whatever this says. The BERT frontend always runs float32.
+    dtype: str = "float32"
+    gpt_dtype: str = ""  # the GPT stage's own precision; empty = `dtype`
     models_dir: str = ""  # admin model swaps may only name checkpoints inside this folder
     admin_api_key: str = ""  # bearer token for model admin routes; empty = those routes are off
     request_timeout_s: float = 300.0  # a synthesis over this is cancelled in every stage (504)
@@ -58,6 +65,16 @@ class Settings:
     rate_limit_per_s: float = 0.0  # requests per second per API key (0 = off); bursts of rate_burst
     rate_burst: int = 20
     max_streams_per_key: int = 0  # concurrent streamed responses per API key (0 = unlimited)
+
+    def __post_init__(self):
+        for name in ("dtype", "gpt_dtype"):
+            value = getattr(self, name)
+            if value not in DTYPES and not (name == "gpt_dtype" and value == ""):
+                raise ValueError(f"{name} must be one of {sorted(DTYPES)}, got {value!r}")
+
+    @property
+    def gpt_weights_dtype(self) -> str:
+        return self.gpt_dtype or self.dtype
 
     @classmethod
     def from_args(cls, args: dict[str, Any] | None) -> "Settings":

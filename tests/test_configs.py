@@ -30,3 +30,17 @@ def test_settings_in_configs_are_known():
 
     for path in CONFIGS:
         Settings.from_args(yaml.safe_load(path.read_text())["applications"][0]["args"])
+
+
+def test_model_precision_is_checked_when_settings_load():
+    from serve_app.settings import Settings
+
+    with pytest.raises(ValueError, match="dtype"):
+        Settings.from_args({"dtype": "float8"})
+
+
+def test_gpt_precision_defaults_to_the_model_stages_precision():
+    from serve_app.settings import Settings
+
+    assert Settings.from_args({"dtype": "float16"}).gpt_weights_dtype == "float16"
+    assert Settings.from_args({"gpt_dtype": "bfloat16"}).gpt_weights_dtype == "bfloat16"
