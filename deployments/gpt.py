@@ -42,9 +42,10 @@ class _Request:
 class DecodeLoop:
     """Continuous batching over one model version."""
 
-    def __init__(self, key: str, model: Text2Semantic, max_batch: int, max_seq: int, max_queued: int):
+    def __init__(self, key: str, model: Text2Semantic, max_batch: int, max_seq: int, max_queued: int,
+                 compile: bool = False):
         self.key, self.model = key, model
-        self.engine = T2SEngine(model, max_batch=max_batch, max_seq=max_seq)
+        self.engine = T2SEngine(model, max_batch=max_batch, max_seq=max_seq, compile=compile)
         self.max_queued = max_queued
         self.waiting: asyncio.Queue = asyncio.Queue()
         self.requests: dict[int, _Request] = {}
@@ -153,11 +154,12 @@ class DecodeLoop:
 class GPTDeployment:
     def __init__(self, data_dir: str, device: str = "cpu", dtype: str = "float32",
                  num_threads: int | None = None, max_batch: int = 8, max_seq: int = 2560,
-                 max_queued: int = 256):
+                 max_queued: int = 256, compile: bool = False):
         limit_threads(num_threads)
         self.device, self.dtype = resolve_device(device), torch_dtype(dtype)
         self.registry = ModelRegistry(data_dir)
         self.max_batch, self.max_seq, self.max_queued = max_batch, max_seq, max_queued
+        self.compile = compile  # torch.compile the decode step (compiled while the version loads)
         self.loops: dict[str, DecodeLoop] = {}
 
     def reconfigure(self, config: dict[str, Any]) -> None:
@@ -176,7 +178,9 @@ class GPTDeployment:
         started = time.perf_counter()
         model = await asyncio.to_thread(Text2Semantic.from_checkpoint, ref.paths.gpt, device=self.device,
                                         dtype=self.dtype)
-        loop = DecodeLoop(key, model, self.max_batch, self.max_seq, self.max_queued)
+        loop = DecodeLoop(key, model, self.max_batch, self.max_seq, self.max_queued, self.compile)
+        if self.compile:  # compile now, before this version takes traffic
+            await asyncio.to_thread(loop.engine.warm_up)
         self.loops = {k: v for k, v in self.loops.items() if v is not None}
         self.loops[key] = loop
         metrics.model_event("gpt", key, "load")

@@ -290,7 +290,7 @@ class Text2Semantic(nn.Module):
 class KVCache:
     """Keys and values of every layer for a pool of slots, written in place.
 
-    ``k``, ``v``: [n_layer, n_slots, n_head, max_seq, head_dim]. Slot ``i`` holds one request's
+    ``k``, ``v``: one [n_slots, n_head, max_seq, head_dim] tensor per layer. Slot ``i`` holds one request's
     sequence from position 0. Positions past a row's length hold stale or zero keys; every
     attention over the cache masks them (a zero key still scores logit 0, not weight 0).
     The engine calls ``begin_prefill``/``begin_decode`` before a forward, and each layer calls
@@ -298,11 +298,14 @@ class KVCache:
     """
 
     def __init__(self, cfg: T2SConfig, n_slots: int, max_seq: int, device="cpu", dtype=torch.float32):
-        shape = (cfg.n_layer, n_slots, cfg.n_head, max_seq, cfg.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # one tensor per layer, not one [n_layer, ...] block: a compiled step then writes each
+        # layer's tensor in place (a write into a view of one big input made Inductor copy all of it)
+        shape = (n_slots, cfg.n_head, max_seq, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.n_slots, self.max_seq = n_slots, max_seq
         self._key_pos = torch.arange(max_seq, device=device)
+        self._slot_ids = torch.arange(n_slots, device=device)
         self._slot = 0
         self._decode = False
 
@@ -311,17 +314,21 @@ class KVCache:
             raise ValueError(f"sequence of {length} positions exceeds the cache ({self.max_seq})")
         self._slot, self._decode = slot, False
 
-    def begin_decode(self, positions: Sequence[int]) -> torch.Tensor | None:
-        """Rows 0..B-1 each write one key at their own position; returns the attention mask."""
+    def begin_decode(self, positions: Sequence[int], always_mask: bool = False) -> torch.Tensor | None:
+        """Rows 0..B-1 each write one key at their own position; returns the attention mask.
+
+        `always_mask` (compiled decoding): every per-step value is then a tensor, the mask's width
+        included, so a compiled step sees new values, not new constants, and never recompiles."""
         B, lo, hi = len(positions), min(positions), max(positions)
-        self._decode, self._rows, self._span = True, B, hi + 1
-        if lo == hi:  # all rows equally long (always so at batch 1): plain slice, no mask
-            self._pos, self._pos_t = hi, None
+        self._decode, self._span = True, hi + 1
+        self._pos_t = torch.tensor(positions, device=self._key_pos.device)
+        self._row_t = self._slot_ids[:B]
+        if lo == hi and not always_mask:  # all rows equally long (always so at batch 1): no mask
+            self._mask = None
             return None
-        self._pos_t = torch.tensor(positions, device=self.k.device)
-        self._row_t = torch.arange(B, device=self.k.device)
         # [B, 1, 1, span]: row i sees keys 0..positions[i] (its own new key included)
-        return (self._key_pos[: self._span][None, :] <= self._pos_t[:, None])[:, None, None, :]
+        self._mask = (self._key_pos[: self._span][None, :] <= self._pos_t[:, None])[:, None, None, :]
+        return self._mask
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         kl, vl = self.k[layer], self.v[layer]
@@ -330,19 +337,17 @@ class KVCache:
             kl[self._slot, :, :S] = k[0]
             vl[self._slot, :, :S] = v[0]
             return k, v
-        B = self._rows
-        if self._pos_t is None:
-            kl[:B, :, self._pos] = k[:, :, 0]
-            vl[:B, :, self._pos] = v[:, :, 0]
-        else:
-            kl[self._row_t, :, self._pos_t] = k[:, :, 0]
-            vl[self._row_t, :, self._pos_t] = v[:, :, 0]
-        return kl[:B, :, : self._span], vl[:B, :, : self._span]
+        kl[self._row_t, :, self._pos_t] = k[:, :, 0]
+        vl[self._row_t, :, self._pos_t] = v[:, :, 0]
+        B = self._pos_t.shape[0]
+        span = self._span if self._mask is None else self._mask.shape[-1]
+        return kl[:B, :, :span], vl[:B, :, :span]
 
     def move(self, src: int, dst: int, length: int) -> None:
         """Copy the first `length` positions of slot `src` into slot `dst` (all layers)."""
-        self.k[:, dst, :, :length] = self.k[:, src, :, :length]
-        self.v[:, dst, :, :length] = self.v[:, src, :, :length]
+        for kl, vl in zip(self.k, self.v):
+            kl[dst, :, :length] = kl[src, :, :length]
+            vl[dst, :, :length] = vl[src, :, :length]
 
 
 # --------------------------------------------------------------------------------------------
@@ -477,9 +482,15 @@ class T2SEngine:
     dims, so max_batch 4 x max_seq 2048 is 768 MiB. One thread drives an engine.
     """
 
-    def __init__(self, model: Text2Semantic, max_batch: int = 4, max_seq: int = 2048):
+    def __init__(self, model: Text2Semantic, max_batch: int = 4, max_seq: int = 2048,
+                 compile: bool = False):
         self.model, self.config = model, model.config
         self.max_batch, self.max_seq = max_batch, max_seq
+        # compile: the decode forward goes through torch.compile (Inductor; Triton kernels on
+        # CUDA), with the batch size and the attention span as symbolic sizes, so one compiled
+        # graph serves every step. The first steps pay the compilation (tens of seconds).
+        self.compiled = compile
+        self._decode = torch.compile(model.decode, dynamic=True) if compile else model.decode
         dev, V = model.device, model.config.vocab_size
         with torch.inference_mode():
             self.cache = KVCache(self.config, max_batch, max_seq, dev, model.dtype)
@@ -492,6 +503,23 @@ class T2SEngine:
             self._top_k = torch.ones(max_batch, dtype=torch.long, device=dev)
         self._rows: list[_Row] = []
         self._slot: dict[Hashable, int] = {}
+
+    def warm_up(self) -> None:
+        """Decode two dummy requests, alone and side by side, then drop them: a compiled engine
+        compiles its step here (batch 1 and batch > 1 are separate graphs), not on a user's
+        request. Needs an idle engine."""
+        if self._rows:
+            raise RuntimeError("warm_up needs an idle engine")
+        phones = torch.zeros(4, dtype=torch.long)
+        bert = torch.zeros(self.config.bert_dim, 4)
+        params = SamplingParams(max_new_tokens=4, seed=0)
+        for rows in sorted({1, min(2, self.max_batch)}):
+            for i in range(rows):
+                self.add(("warm-up", i), phones, bert, None, params)
+            for _ in range(2):
+                self.step()
+            for i in range(rows):
+                self.cancel(("warm-up", i))
 
     # ---- bookkeeping -------------------------------------------------------------------------
     @property
@@ -617,9 +645,9 @@ class T2SEngine:
         rows = self._rows
         B = len(rows)
         positions = [r.length for r in rows]
-        mask = self.cache.begin_decode(positions)
+        mask = self.cache.begin_decode(positions, always_mask=self.compiled)
         audio_pos = torch.tensor([r.length - r.text_len for r in rows], device=self._last.device)
-        self._logits[:B] = self.model.decode(self._last[:B], audio_pos, self.cache, mask)
+        self._logits[:B] = self._decode(self._last[:B], audio_pos, self.cache, mask)
         for r in rows:
             r.length += 1
 

@@ -169,7 +169,8 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     dtype = settings.dtype
     speaker_cache = SpeakerCacheDeployment.bind(data_dir, frontend, device=device, dtype=dtype)
     gpt = GPTDeployment.bind(data_dir, device=device, dtype=settings.gpt_weights_dtype,
-                             max_batch=settings.gpt_max_batch, max_seq=settings.gpt_max_seq)
+                             max_batch=settings.gpt_max_batch, max_seq=settings.gpt_max_seq,
+                             compile=settings.gpt_compile)
     sovits = SoVITSDeployment.bind(data_dir, device=device, dtype=dtype, backend=settings.sovits_backend)
     vocoder = VocoderDeployment.bind(data_dir, device=device, dtype=dtype, backend=settings.sovits_backend)
     return Ingress.bind(settings.to_args(), frontend, speaker_cache, gpt, sovits, vocoder)

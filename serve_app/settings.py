@@ -51,6 +51,7 @@ class Settings:
     stream_chunk_tokens: tuple[int, int] = (12, 48)  # first chunk small for TTFA, later ones larger
     gpt_max_batch: int = 8  # KV-cache slots per GPT replica and model (rows decoding at once)
     gpt_max_seq: int = 2560  # cache positions per slot: phones + prompt tokens + new tokens
+    gpt_compile: bool = False  # torch.compile the GPT decode step (compiles while a version loads)
     sovits_backend: str = "torch"  # torch | onnx | onnx-int8 (SoVITS + vocoder stages)
     # Weight precision of the model stages (float32 | float16 | bfloat16): float16 on a GPU;
     # bfloat16 only pays on CPUs with native bf16 matmul (avx512_bf16 / AMX), see PERFORMANCE.md.

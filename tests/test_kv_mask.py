@@ -133,8 +133,8 @@ def test_control_without_the_mask_the_logits_differ(model, monkeypatch):
     engine = T2SEngine(model, max_batch=len(rows), max_seq=1024)
     begin = engine.cache.begin_decode
 
-    def unmasked(positions):
-        begin(positions)
+    def unmasked(positions, always_mask=False):
+        begin(positions, always_mask)
         return None
 
     monkeypatch.setattr(engine.cache, "begin_decode", unmasked)

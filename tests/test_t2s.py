@@ -400,3 +400,23 @@ def test_stream_chunks_concatenate_to_generate(model):
     chunks = list(generate_stream(model, *inp, params, chunk_sizes=(4, 10)))
     assert [len(c) for c in chunks] == [4, 10, 10, 6]
     assert torch.equal(torch.cat(chunks), generate(model, *inp, params).tokens)
+
+
+def test_compiled_engine_decodes_the_same_tokens_as_eager(model):
+    """torch.compile'd decode steps (symbolic batch size and span): requests joining and
+    leaving at different steps still get exactly the tokens they get alone, eagerly."""
+    reqs = three_requests()
+    engine = T2SEngine(model, max_batch=3, max_seq=200, compile=True)
+    engine.warm_up()
+    tokens = {i: [] for i in range(3)}
+    joins = {0: 0, 6: 1, 13: 2}
+    for step in range(200):
+        if step in joins:
+            i = joins[step]
+            engine.add(i, reqs[i].phone_ids, reqs[i].bert, reqs[i].prompt, reqs[i].params)
+        for out in engine.step():
+            tokens[out.request_id].append(out.token)
+        if step > 13 and engine.num_active == 0:
+            break
+    for i, req in enumerate(reqs):
+        assert tokens[i] == generate(model, req.phone_ids, req.bert, req.prompt, req.params).tokens.tolist()
