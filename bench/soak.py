@@ -15,11 +15,19 @@ Starts configs/cpu.yaml on a local Ray at 127.0.0.1 (`_graph.start_graph`, demo 
     reads        GET /v1/voices, /v1/models, /healthz
     voice        create a voice from a 4 s clip, speak with it once, delete it (speaker-cache churn)
 
-Memory: every few seconds the RSS of each Ray Serve replica process (found by its process title
-`ray::ServeReplica:<app>:<deployment>` among this process's descendants, so other Ray clusters on
-the machine are ignored) is sampled with psutil. Growth per replica = median of the last three
-samples over the median of the first three after warm-up (the first --warmup fraction of the
-requests). Prints a table and one JSON line; exits 1 if a replica grew more than --max-growth %.
+Memory: every few seconds the memory of each Ray Serve replica process (found by its process
+title `ray::ServeReplica:<app>:<deployment>` among this process's descendants, so other Ray
+clusters on the machine are ignored) is sampled with psutil, two ways:
+
+    private (USS)  pages only this process holds: what a leak in the replica grows
+    RSS            private pages plus every shared page it has touched, which includes Ray's
+                   object store: a replica that returns large arrays (the vocoder's audio) writes
+                   them into the store's shared mapping and its RSS climbs as the store's
+                   allocator moves through that mapping, up to the store's fixed size
+
+Growth per replica = median of the last three samples over the median of the first three after
+warm-up (the first --warmup fraction of the requests), judged on private memory (--memory rss to
+judge RSS). Prints a table and one JSON line; exits 1 if a replica grew more than --max-growth %.
 """
 from __future__ import annotations
 
@@ -115,7 +123,7 @@ def send(session: requests.Session, url: str, kind: str, i: int) -> str:
 class ReplicaSeries:
     deployment: str
     pid: int
-    samples: list[tuple[float, int]] = field(default_factory=list)  # (time, rss bytes)
+    samples: list[tuple[float, int, int]] = field(default_factory=list)  # (time, rss, uss bytes)
 
 
 def replica_processes() -> dict[int, str]:
@@ -143,10 +151,10 @@ class Sampler(threading.Thread):
         now = time.monotonic()
         for pid, deployment in replica_processes().items():
             try:
-                rss = psutil.Process(pid).memory_info().rss
+                mem = psutil.Process(pid).memory_full_info()  # reads smaps: uss is exact
             except psutil.Error:
                 continue
-            self.series.setdefault(pid, ReplicaSeries(deployment, pid)).samples.append((now, rss))
+            self.series.setdefault(pid, ReplicaSeries(deployment, pid)).samples.append((now, mem.rss, mem.uss))
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -154,17 +162,20 @@ class Sampler(threading.Thread):
             self.stop.wait(self.every_s)
 
 
-def growth(series: ReplicaSeries, warm_at: float) -> dict | None:
-    after = [rss for t, rss in series.samples if t >= warm_at]
-    if len(after) < 6:
+def growth(series: ReplicaSeries, warm_at: float, judged: str) -> dict | None:
+    if sum(1 for t, *_ in series.samples if t >= warm_at) < 6:
         return None  # replica started late or died early: too few samples to judge
-    start, end = statistics.median(after[:3]), statistics.median(after[-3:])
-    # the shape tells a leak (keeps climbing) from an allocator settling (climbs, then flat)
-    quarters = [round(statistics.median(after[max(0, i * len(after) // 4 - 1):i * len(after) // 4 + 2]) / 2**20, 1)
-                for i in (1, 2, 3, 4)]
-    return {"deployment": series.deployment, "pid": series.pid, "samples": len(after), "rss_quarters_mb": quarters,
-            "rss_start_mb": round(start / 2**20, 1), "rss_end_mb": round(end / 2**20, 1),
-            "rss_peak_mb": round(max(after) / 2**20, 1), "growth_pct": round(100 * (end - start) / start, 2)}
+    row = {"deployment": series.deployment, "pid": series.pid}
+    for column, name in ((1, "rss"), (2, "uss")):
+        after = [sample[column] for sample in series.samples if sample[0] >= warm_at]
+        start, end = statistics.median(after[:3]), statistics.median(after[-3:])
+        # the shape tells a leak (keeps climbing) from an allocator settling (climbs, then flat)
+        quarters = [round(statistics.median(after[max(0, i * len(after) // 4 - 1):i * len(after) // 4 + 2]) / 2**20)
+                    for i in (1, 2, 3, 4)]
+        row |= {"samples": len(after), f"{name}_quarters_mb": quarters, f"{name}_start_mb": round(start / 2**20, 1),
+                f"{name}_end_mb": round(end / 2**20, 1), f"{name}_growth_pct": round(100 * (end - start) / start, 2)}
+    row["growth_pct"] = row[f"{judged}_growth_pct"]
+    return row
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -172,7 +183,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=1000, help="total requests (default: ~5 min on 2 CPUs)")
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--sample-every", type=float, default=3.0, help="seconds between RSS samples")
+    parser.add_argument("--sample-every", type=float, default=3.0, help="seconds between memory samples")
+    parser.add_argument("--memory", choices=["uss", "rss"], default="uss",
+                        help="which measure the target judges (default: private memory)")
     parser.add_argument("--warmup", type=float, default=0.2, help="fraction of requests before the baseline")
     parser.add_argument("--max-growth", type=float, default=5.0, help="allowed growth per replica, percent")
     parser.add_argument("--num-cpus", type=float, default=8)
@@ -218,23 +231,26 @@ def main() -> int:
         sampler.stop.set()
         sampler.join()
 
-        rows = [g for s in sampler.series.values() if (g := growth(s, warm_at[0] if warm_at else started))]
+        rows = [g for s in sampler.series.values()
+                if (g := growth(s, warm_at[0] if warm_at else started, args.memory))]
         rows.sort(key=lambda r: (r["deployment"], r["pid"]))
         print(f"\n{args.requests} requests in {wall:.0f} s ({args.requests / wall:.1f} req/s), "
               f"concurrency {args.concurrency}; outcomes: {dict(outcomes)}")
-        print(f"{'replica':<14} {'pid':>7} {'samples':>7} {'RSS start MB':>12} {'end MB':>8} {'peak MB':>8} "
-              f"{'growth %':>8}  RSS at 1/4, 2/4, 3/4, 4/4 of the run")
+        print(f"target: {args.memory.upper()} growth < {args.max_growth:g} % after warm-up")
+        print(f"{'replica':<13} {'samples':>7} {'USS start MB':>12} {'end MB':>7} {'growth %':>8} "
+              f"{'USS quarters MB':>20} {'RSS start MB':>12} {'end MB':>7} {'growth %':>8}")
         for r in rows:
             flag = "" if r["growth_pct"] < args.max_growth else "  <-- over target"
-            print(f"{r['deployment']:<14} {r['pid']:>7} {r['samples']:>7} {r['rss_start_mb']:>12.1f} "
-                  f"{r['rss_end_mb']:>8.1f} {r['rss_peak_mb']:>8.1f} {r['growth_pct']:>8.2f}  "
-                  f"{', '.join(f'{q:.0f}' for q in r['rss_quarters_mb'])}{flag}")
+            print(f"{r['deployment']:<13} {r['samples']:>7} {r['uss_start_mb']:>12.1f} {r['uss_end_mb']:>7.1f} "
+                  f"{r['uss_growth_pct']:>8.2f} {'/'.join(str(q) for q in r['uss_quarters_mb']):>20} "
+                  f"{r['rss_start_mb']:>12.1f} {r['rss_end_mb']:>7.1f} {r['rss_growth_pct']:>8.2f}{flag}")
         failed = {k: v for k, v in outcomes.items() if k not in ("200", "4xx-ok")}
         worst = max((r["growth_pct"] for r in rows), default=0.0)
         print(json.dumps({"bench": "soak", "requests": args.requests, "concurrency": args.concurrency,
                           "wall_s": round(wall, 1), "req_per_s": round(args.requests / wall, 2),
                           "outcomes": dict(outcomes), "by_kind": {k: dict(v) for k, v in by_kind.items()},
-                          "failed": failed, "max_growth_pct": worst, "target_pct": args.max_growth,
+                          "failed": failed, "judged": args.memory, "max_growth_pct": worst,
+                          "target_pct": args.max_growth,
                           "replicas": rows}))
         return 0 if worst < args.max_growth and not failed else 1
     finally:

@@ -11,6 +11,13 @@ import torch
 
 log = logging.getLogger("gsv.deployments")
 
+# oneDNN (PyTorch's CPU conv/matmul library) keeps a compiled primitive per input shape, up to
+# 1024 of them. Audio lengths differ on every request, so a vocoder replica filled that cache and
+# grew from 0.55 to 1.2 GiB (v2 dims); 16 entries keep it flat at no measured speed cost (every
+# new length misses either way). Read on the first primitive, so setting it at import is early
+# enough; an operator's own value wins. Measured in docs/PERFORMANCE.md (soak).
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
+
 
 @dataclass(frozen=True)
 class StageError:
