@@ -38,7 +38,9 @@ parity: install
 # every benchmark; each prints ratios measured in its own run (figures: docs/PERFORMANCE.md)
 bench: install
 	$(BIN)/python bench/bench_models.py --threads 1
-	$(BIN)/python bench/bench_gpt.py --threads 1
+	$(BIN)/python bench/bench_gpt.py --threads 2
+	$(BIN)/python bench/bench_gpt.py --threads 2 --dtype bfloat16
+	$(BIN)/python bench/bench_gpt.py --threads 2 --compile
 	$(BIN)/python bench/bench_sovits.py
 	$(BIN)/python bench/bench_frontend.py
 	$(BIN)/python bench/bench_guard.py
