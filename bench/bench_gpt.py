@@ -98,6 +98,28 @@ def run_arrivals(model, lengths: list[int], arrivals: list[float], concurrency: 
     return max(finished_at.values()), latencies
 
 
+def precision_deviation(dtype: torch.dtype, requests: int = 4, steps: int = 32) -> dict:
+    """How far `dtype` weights stray from float32 on the same weights: both models score the
+    float32 model's own tokens (teacher forcing), `steps` positions of each of `requests`."""
+    from models.t2s import generate
+
+    reference, low = build_t2s(), build_t2s().to(dtype)
+    agree, overlap, worst = [], [], 0.0
+    for i in range(requests):
+        phones, bert, prompt = make_request(i)
+        tokens = generate(reference, phones, bert, prompt, SamplingParams(max_new_tokens=steps, seed=i)).tokens
+        audio = torch.cat([prompt, tokens[:-1]])
+        first = len(phones) + len(prompt) - 1  # the position that predicts the first new token
+        want = reference(phones, bert, audio)[first:].float()
+        got = low(phones, bert.to(dtype), audio)[first:].float()
+        agree.append((want.argmax(-1) == got.argmax(-1)).float().mean().item())
+        top_want, top_got = want.topk(15).indices.tolist(), got.topk(15).indices.tolist()
+        overlap.append(sum(len(set(a) & set(b)) for a, b in zip(top_want, top_got)) / (15 * len(top_want)))
+        worst = max(worst, ((want - got).abs().max() / want.abs().max()).item())
+    return {"greedy_agreement": statistics.mean(agree), "top15_overlap": statistics.mean(overlap),
+            "max_logit_error_rel": worst}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=1)
@@ -148,7 +170,14 @@ def main() -> None:
         for r in arrival_rows:
             print(f"{r['concurrency']:>11} {r['policy']:>11} {r['tokens_per_s']:>9.1f} "
                   f"{r['latency_mean_s']:>14.2f} {r['latency_max_s']:>13.2f}")
-    print(json.dumps({"bench": "gpt_scheduling", "threads": args.threads, "dtype": args.dtype,
+    deviation = None
+    if args.dtype != "float32":
+        with torch.inference_mode():
+            deviation = precision_deviation(getattr(torch, args.dtype))
+        print(f"{args.dtype} vs float32 (4 requests x 32 teacher-forced steps): greedy token agrees "
+              f"{deviation['greedy_agreement']:.1%}, top-15 overlap {deviation['top15_overlap']:.1%}, "
+              f"max logit error {deviation['max_logit_error_rel']:.2%} of the max logit")
+    print(json.dumps({"bench": "gpt_scheduling", "deviation": deviation, "threads": args.threads, "dtype": args.dtype,
                       "compile": args.compile, "rows": rows,
                       "arrivals": {"load": args.load, "rows": arrival_rows}}))
 
