@@ -77,7 +77,12 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
-def torch_dtype(name: str) -> torch.dtype:
+def torch_dtype(name: str, device: str = "cuda") -> torch.dtype:
+    """The weights' dtype on `device`. float16 becomes float32 on a CPU: CPUs have no float16
+    arithmetic worth the name, and a GPU profile's stage that fell back to CPU (resolve_device)
+    must not crawl. bfloat16 stays: CPUs with avx512_bf16 or AMX run it fast."""
+    if name == "float16" and device == "cpu":
+        return torch.float32
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 

@@ -156,7 +156,8 @@ class GPTDeployment:
                  num_threads: int | None = None, max_batch: int = 8, max_seq: int = 2560,
                  max_queued: int = 256, compile: bool = False):
         limit_threads(num_threads)
-        self.device, self.dtype = resolve_device(device), torch_dtype(dtype)
+        self.device = resolve_device(device)
+        self.dtype = torch_dtype(dtype, self.device)
         self.registry = ModelRegistry(data_dir)
         self.max_batch, self.max_seq, self.max_queued = max_batch, max_seq, max_queued
         self.compile = compile  # torch.compile the decode step (compiled while the version loads)

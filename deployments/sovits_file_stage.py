@@ -21,7 +21,8 @@ class SoVITSFileStage:
     def __init__(self, data_dir: str, device: str = "cpu", dtype: str = "float32", backend: str = "torch",
                  onnx_cache_dir: str | None = None, num_threads: int | None = None):
         limit_threads(num_threads)
-        self.device, self.dtype, self.backend = resolve_device(device), torch_dtype(dtype), backend
+        self.device, self.backend = resolve_device(device), backend
+        self.dtype = torch_dtype(dtype, self.device)
         self.onnx_cache_dir, self.num_threads = onnx_cache_dir, num_threads
         self.registry = ModelRegistry(data_dir)
         self.loaded: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # what Serve's LRU holds

@@ -53,7 +53,8 @@ class SpeakerCacheDeployment:
                  dtype: str = "float32", num_threads: int | None = None, max_entries: int = 256,
                  ttl_s: float = 3600.0):
         limit_threads(num_threads)
-        self.device, self.dtype = resolve_device(device), torch_dtype(dtype)
+        self.device = resolve_device(device)
+        self.dtype = torch_dtype(dtype, self.device)
         self.store = VoiceStore(data_dir)
         self.registry = ModelRegistry(data_dir)
         self.frontend = frontend

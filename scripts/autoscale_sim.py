@@ -68,7 +68,7 @@ def sim_config(data_dir: str, port: int) -> dict[str, Any]:
     config["proxy_location"] = "HeadOnly"
     config["http_options"] = {"host": "127.0.0.1", "port": port, "request_timeout_s": 120}
     app = config["applications"][0]
-    app["args"].update(data_dir=data_dir, device="cpu",
+    app["args"].update(data_dir=data_dir, device="cpu", dtype="float32",  # float16 is for GPUs
                        model={"model_id": "default", "gpt": "", "sovits": "", "hubert_dir": "", "bert_dir": ""},
                        require_auth=False)  # loopback-only simulation: no API keys
     for d in app["deployments"]:

@@ -44,3 +44,13 @@ def test_gpt_precision_defaults_to_the_model_stages_precision():
 
     assert Settings.from_args({"dtype": "float16"}).gpt_weights_dtype == "float16"
     assert Settings.from_args({"gpt_dtype": "bfloat16"}).gpt_weights_dtype == "bfloat16"
+
+
+def test_a_gpu_profile_stage_on_a_cpu_runs_float32_not_float16():
+    import torch
+
+    from deployments.common import torch_dtype
+
+    assert torch_dtype("float16", "cpu") == torch.float32
+    assert torch_dtype("float16", "cuda") == torch.float16
+    assert torch_dtype("bfloat16", "cpu") == torch.bfloat16
