@@ -54,9 +54,9 @@ class Settings:
     gpt_compile: bool = False  # torch.compile the GPT decode step (compiles while a version loads)
     sovits_backend: str = "torch"  # torch | onnx | onnx-int8 (SoVITS + vocoder stages)
     # Weight precision of the model stages (float32 | float16 | bfloat16): float16 on a GPU (a
-    # stage that falls back to CPU runs float32 instead);
-    # bfloat16 only pays on CPUs with native bf16 matmul (avx512_bf16 / AMX), see PERFORMANCE.md.
-    # The ONNX backends run float32 whatever this says. The BERT frontend always runs float32.
+    # stage that falls back to CPU runs float32 instead); bfloat16 only pays on CPUs with native
+    # bf16 matmul (avx512_bf16 / AMX), see PERFORMANCE.md. The ONNX backends run float32 whatever
+    # this says, and the BERT frontend always runs float32.
     dtype: str = "float32"
     gpt_dtype: str = ""  # the GPT stage's own precision; empty = `dtype`
     models_dir: str = ""  # admin model swaps may only name checkpoints inside this folder
