@@ -1,4 +1,5 @@
-"""An ASGI app served for real by uvicorn on 127.0.0.1:<free port>, in a daemon thread (tests only)."""
+"""Test helpers around real HTTP: an ASGI app served by uvicorn on 127.0.0.1:<free port> in a daemon
+thread, and client threads that keep requests going while a test does something to the server."""
 from __future__ import annotations
 
 import socket
@@ -29,3 +30,31 @@ def serve_in_thread(app, start_timeout_s: float = 30.0) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+class ClientThreads:
+    """`clients` daemon threads, each running `self._run(index)` until `self.stop` is set; as a
+    context manager they start on entry and are stopped and joined on exit. `alive()` after exit
+    names the threads that did not finish within `join_timeout_s` (a hung request)."""
+
+    join_timeout_s: float = 180.0
+
+    def __init__(self, clients: int):
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
+
+    def _run(self, index: int) -> None:
+        raise NotImplementedError
+
+    def alive(self) -> list[threading.Thread]:
+        return [t for t in self.threads if t.is_alive()]
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=self.join_timeout_s)

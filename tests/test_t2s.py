@@ -173,10 +173,9 @@ def test_batched_rows_match_decoding_alone(model):
         assert len(res.tokens) == req.params.max_new_tokens
 
 
-def test_request_joining_midway_matches_alone(model):
-    reqs = three_requests()
-    engine = T2SEngine(model, max_batch=3, max_seq=200)
-    tokens = {i: [] for i in range(3)}
+def decode_with_joins(engine: T2SEngine, reqs) -> dict[int, list]:
+    """Request i joins the engine before step 0, 6 and 13 (i = 0, 1, 2); tokens per request."""
+    tokens = {i: [] for i in range(len(reqs))}
     joins = {0: 0, 6: 1, 13: 2}  # step index -> request that joins before it
     for step in range(200):
         if step in joins:
@@ -186,6 +185,12 @@ def test_request_joining_midway_matches_alone(model):
             tokens[out.request_id].append(out.token)
         if step > 13 and engine.num_active == 0:
             break
+    return tokens
+
+
+def test_request_joining_midway_matches_alone(model):
+    reqs = three_requests()
+    tokens = decode_with_joins(T2SEngine(model, max_batch=3, max_seq=200), reqs)
     for i, req in enumerate(reqs):
         alone = generate(model, req.phone_ids, req.bert, req.prompt, req.params)
         assert tokens[i] == alone.tokens.tolist()
@@ -408,15 +413,6 @@ def test_compiled_engine_decodes_the_same_tokens_as_eager(model):
     reqs = three_requests()
     engine = T2SEngine(model, max_batch=3, max_seq=200, compile=True)
     engine.warm_up()
-    tokens = {i: [] for i in range(3)}
-    joins = {0: 0, 6: 1, 13: 2}
-    for step in range(200):
-        if step in joins:
-            i = joins[step]
-            engine.add(i, reqs[i].phone_ids, reqs[i].bert, reqs[i].prompt, reqs[i].params)
-        for out in engine.step():
-            tokens[out.request_id].append(out.token)
-        if step > 13 and engine.num_active == 0:
-            break
+    tokens = decode_with_joins(engine, reqs)
     for i, req in enumerate(reqs):
         assert tokens[i] == generate(model, req.phone_ids, req.bert, req.prompt, req.params).tokens.tolist()

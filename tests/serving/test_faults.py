@@ -13,13 +13,13 @@ Serve must start a replacement; then:
 """
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 
 import pytest
 import requests
 
+from tests.http_server import ClientThreads
 from tests.serving.conftest import wav_bytes
 
 pytestmark = pytest.mark.ray
@@ -74,14 +74,15 @@ class Outcome:
     body: str = ""
 
 
-class Load:
+class Load(ClientThreads):
     """`clients` threads cycling through whole speech, streamed speech and a voice look-up."""
 
+    join_timeout_s = REQUEST_TIMEOUT_S + 10
+
     def __init__(self, url: str, voice: str, clients: int = 3):
+        super().__init__(clients)
         self.url, self.voice = url, voice
         self.outcomes: list[Outcome] = []
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
 
     def _one(self, kind: str) -> Outcome:
         started = time.monotonic()
@@ -105,16 +106,9 @@ class Load:
             self.outcomes.append(self._one(kinds[i % len(kinds)]))
             i += 1
 
-    def __enter__(self) -> "Load":
-        for t in self.threads:
-            t.start()
-        return self
-
     def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=REQUEST_TIMEOUT_S + 10)
-        assert not any(t.is_alive() for t in self.threads), "a client thread hung"
+        super().__exit__(*exc)
+        assert not self.alive(), "a client thread hung"
 
 
 def snapshot(url: str) -> tuple[list, list]:

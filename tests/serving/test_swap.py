@@ -14,6 +14,7 @@ import pytest
 import requests
 import torch
 
+from tests.http_server import ClientThreads
 from tests.serving.conftest import ADMIN_KEY
 
 pytestmark = pytest.mark.ray
@@ -37,30 +38,20 @@ def make_variant(demo_dir: Path, dest: Path, gain: float) -> tuple[str, str]:
     return str((dest / "gpt.ckpt").relative_to(dest.parent)), str((dest / "sovits.pth").relative_to(dest.parent))
 
 
-class Load:
+class Load(ClientThreads):
     """`clients` threads sending BODY in a loop until stopped; records (status, version, audio)."""
 
     def __init__(self, url: str, clients: int = 6):
-        self.url, self.results, self.stop = url, [], threading.Event()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+        super().__init__(clients)
+        self.url, self.results = url, []
 
-    def _run(self) -> None:
+    def _run(self, index: int) -> None:
         while not self.stop.is_set():
             try:
                 r = speak(self.url)
                 self.results.append((r.status_code, r.headers.get("x-model-version"), r.content))
             except requests.RequestException as exc:
                 self.results.append((0, None, repr(exc).encode()))
-
-    def __enter__(self) -> "Load":
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=180)
 
 
 def put_model(url: str, gpt: str, sovits: str, key: str = ADMIN_KEY) -> requests.Response:
