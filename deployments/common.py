@@ -83,6 +83,7 @@ def torch_dtype(name: str, device: str = "cuda") -> torch.dtype:
     must not crawl. bfloat16 stays: CPUs with avx512_bf16 or AMX run it fast."""
     if name == "float16" and device == "cpu":
         return torch.float32
+    # the names serve_app.settings.DTYPES accepts (settings stay free of torch-side imports)
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
